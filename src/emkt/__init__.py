@@ -1,0 +1,3 @@
+"""emkt: teacher-student knowledge transfer for EM mitochondria segmentation."""
+
+__version__ = "0.1.0"
