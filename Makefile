@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: setup demo test lint clean-results
+
+setup: $(VENV)/.installed
+
+# constraints.txt pins torch so that no other package can pull a different (CUDA) build.
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile demo.yaml
+	@echo
+	@echo "Summary table: results/tables/summary.md (CSV: results/tables/summary.csv)"
+	@echo "Figures:       results/figures/*.png"
+	@cat results/tables/summary.md
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile demo.yaml
+
+clean-results:
+	rm -rf results .snakemake

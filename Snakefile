@@ -1,0 +1,26 @@
+# Knowledge expansion via error distribution prediction, and its baselines, for
+# mitochondria segmentation in electron microscopy. See README.md.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/tables/summary.csv",
+        "results/tables/summary.md",
+        FIGURES,
+    default_target: True

@@ -1,0 +1,115 @@
+"""Config validation with messages that name the bad key and the allowed values.
+
+Imported by the Snakefile as well as by the scripts, so it depends on nothing heavier than
+jsonschema and PyYAML (both come with Snakemake).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is missing, misspelt or out of range."""
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = "the top level" if key == "<top level>" else f"'{key}'"
+        return f"unknown config key(s) {extra} under {where}; allowed keys: {allowed}"
+    if error.validator == "enum":
+        return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if error.validator == "required":
+        return f"config section '{key}' is missing a key: {error.message}"
+    description = error.schema.get("description")
+    hint = f" ({description})" if description else ""
+    return f"config key '{key}' = {error.instance!r}: {error.message}{hint}"
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Check ``config`` against the JSON schema and the rules a schema cannot express.
+
+    Raises ConfigError with one line per problem, each naming the key.
+    """
+    schema = schema if schema is not None else load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    problems = [_describe(error) for error in errors]
+    if not problems:
+        problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def _semantic_problems(config: dict) -> list[str]:
+    problems = []
+    split = config["split"]
+    total = split["train"] + split["val"] + split["test"]
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        problems.append(
+            f"config keys 'split.train' + 'split.val' + 'split.test' must sum to 1, "
+            f"got {split['train']} + {split['val']} + {split['test']} = {total:g}"
+        )
+    size = config["input_size"]
+    patch = config["student"]["patch_size"]
+    if size % patch:
+        problems.append(f"config key 'student.patch_size' = {patch} must divide 'input_size' = {size}")
+    if math.isqrt(patch) ** 2 != patch:
+        problems.append(f"config key 'student.patch_size' = {patch} must be a perfect square (MONAI ViT requirement)")
+    student = config["student"]
+    if student["hidden_size"] % student["num_heads"]:
+        problems.append(
+            f"config key 'student.hidden_size' = {student['hidden_size']} must be divisible by "
+            f"'student.num_heads' = {student['num_heads']}"
+        )
+    teacher = config["teacher"]
+    if len(teacher["channels"]) != len(teacher["strides"]):
+        problems.append("config keys 'teacher.channels' and 'teacher.strides' must have the same length")
+    downsampling = math.prod(teacher["strides"])
+    if size % downsampling:
+        problems.append(
+            f"config key 'input_size' = {size} must be divisible by the product of 'teacher.strides' = {downsampling}"
+        )
+    source = config["data"]["source"]
+    if source == "folder" and not config["data"]["labelled_dir"]:
+        problems.append("config key 'data.labelled_dir' must be set when 'data.source' is 'folder'")
+    if len(set(config["seeds"])) != len(config["seeds"]):
+        problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
+    return problems
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Load YAML files, later ones overriding earlier ones key by key (as Snakemake does)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            _deep_update(merged, yaml.safe_load(handle) or {})
+    return validate_config(merged)
+
+
+def _deep_update(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,117 @@
+"""Whole-image inference and the evaluation of students and teachers on a split."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from .losses import per_image_bce
+from .metrics import SegmentationMeter, teacher_agreement
+
+
+@torch.no_grad()
+def predict_probability(model: nn.Module, image: np.ndarray, input_size: int, overlap: float,
+                        batch_size: int, device: torch.device) -> np.ndarray:
+    """Foreground probability of a whole 2D image of any size.
+
+    Gaussian-weighted sliding windows of the training input size; images smaller than a
+    window are padded (with 0, the mean of a z-scored image) and cropped back.
+    """
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    logits = sliding_window_inference(
+        x, roi_size=(input_size, input_size), sw_batch_size=batch_size, predictor=model,
+        overlap=overlap, mode="gaussian",
+    )
+    return torch.sigmoid(logits)[0, 0].cpu().numpy()
+
+
+def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,
+                       batch_size: int, device: torch.device, threshold: float = 0.5,
+                       num_bins: int = 15) -> tuple[dict[str, float], pd.DataFrame, list[np.ndarray]]:
+    """Pooled metrics, per-image metrics and the probability maps of ``items`` (whole images)."""
+    meter = SegmentationMeter(threshold=threshold, num_bins=num_bins)
+    probs = []
+    for item in items:
+        prob = predict_probability(model, item["image"], input_size, overlap, batch_size, device)
+        meter.update(torch.from_numpy(prob)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
+                     names=[item["name"]])
+        probs.append(prob)
+    return meter.compute(), meter.per_image(), probs
+
+
+def tile_starts(length: int, size: int) -> list[int]:
+    """Window starts covering ``[0, length)``; the last window ends flush with the edge."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, size))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
+def tiles(arrays: list[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Non-overlapping (but edge-flush) ``size`` x ``size`` tiles of same-shaped arrays, zero-padded if smaller."""
+    height, width = arrays[0].shape
+    pad = ((0, max(0, size - height)), (0, max(0, size - width)))
+    if any(p[1] for p in pad):
+        arrays = [np.pad(a, pad) for a in arrays]
+    index = 0
+    for top in tile_starts(height, size):
+        for left in tile_starts(width, size):
+            yield index, [a[top:top + size, left:left + size] for a in arrays]
+            index += 1
+
+
+@torch.no_grad()
+def teacher_predictions(teacher: nn.Module, items: list[dict], probs: list[np.ndarray],
+                        input_size: int, device: torch.device) -> pd.DataFrame:
+    """Per tile of the input size: the teacher's predicted BCE of a probability map and the true BCE.
+
+    The teacher was trained on crops of the input size, so it is asked about tiles, never
+    about resized images.
+    """
+    teacher.eval()
+    rows = []
+    for item, prob in zip(items, probs):
+        for index, (image, mask, tile_prob) in tiles([item["image"], item["mask"], prob], input_size):
+            image_t = torch.from_numpy(np.ascontiguousarray(image))[None, None].float().to(device)
+            prob_t = torch.from_numpy(np.ascontiguousarray(tile_prob))[None, None].float().to(device)
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float().to(device)
+            rows.append({"image": item["name"], "tile": index,
+                         "predicted": float(teacher(image_t, prob_t)[0]),
+                         "true": float(per_image_bce(prob_t, mask_t)[0])})
+    return pd.DataFrame(rows)
+
+
+def summarise_teacher(per_tile: pd.DataFrame) -> dict[str, float]:
+    """MAE and Spearman correlation between predicted and true per-tile BCE."""
+    return teacher_agreement(per_tile["predicted"].to_numpy(), per_tile["true"].to_numpy())
+
+
+def panel_arrays(items: list[dict], probs: list[np.ndarray], count: int, max_side: int = 256) -> dict[str, np.ndarray]:
+    """Centre crops of the first ``count`` images, their GT and probabilities, for the panel figure.
+
+    All crops share one side (the smallest image side, at most ``max_side``) so they stack.
+    """
+    chosen = list(zip(items, probs))[:count]
+    if not chosen:
+        empty = np.zeros((0, 1, 1), dtype=np.float32)
+        return {"image": empty, "gt": empty.astype(np.uint8), "prob": empty, "names": np.array([], dtype=str)}
+    side = min(max_side, *(min(item["image"].shape) for item, _ in chosen))
+
+    def centre(array: np.ndarray) -> np.ndarray:
+        top, left = (array.shape[0] - side) // 2, (array.shape[1] - side) // 2
+        return array[top:top + side, left:left + side]
+
+    return {
+        "image": np.stack([centre(item["image"]) for item, _ in chosen]).astype(np.float32),
+        "gt": np.stack([centre(item["mask"]) for item, _ in chosen]).astype(np.uint8),
+        "prob": np.stack([centre(prob) for _, prob in chosen]).astype(np.float16),
+        "names": np.array([item["name"] for item, _ in chosen]),
+    }

@@ -1,0 +1,174 @@
+"""Segmentation and calibration metrics for the student, agreement metrics for the teacher.
+
+``SegmentationMeter`` pools confusion counts and calibration-bin sums over every pixel it
+sees (constant memory, images of any size), and also keeps one row of metrics per image.
+
+Conventions for empty denominators (the same pooled and per image):
+
+* IoU and Dice are 1.0 when prediction and ground truth are both empty (``tp+fp+fn == 0``):
+  predicting no mitochondria on an image without any is a perfect answer.
+* precision is NaN when nothing is predicted positive (``tp+fp == 0``), recall is NaN when
+  the ground truth has no positive pixel (``tp+fn == 0``); means over images can skip them
+  with ``nanmean``.
+* A pixel is predicted positive when ``prob >= threshold`` (as MONAI's ``AsDiscrete``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import calibration_binning, get_confusion_matrix
+from scipy import stats
+
+__all__ = ["SegmentationMeter", "segmentation_scores", "teacher_agreement"]
+
+
+def _ratio(num: float, den: float, empty: float) -> float:
+    return float(num / den) if den > 0 else float(empty)
+
+
+def segmentation_scores(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    """IoU, Dice, accuracy, precision and recall from confusion counts (module conventions)."""
+    total = tp + fp + fn + tn
+    return {
+        "iou": _ratio(tp, tp + fp + fn, 1.0),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        "accuracy": _ratio(tp + tn, total, np.nan),
+        "precision": _ratio(tp, tp + fp, np.nan),
+        "recall": _ratio(tp, tp + fn, np.nan),
+    }
+
+
+def _calibration_errors(sum_p: np.ndarray, sum_gt: np.ndarray, count: np.ndarray) -> tuple[float, float]:
+    """ECE and MCE from per-bin sums of predicted probability, ground truth and pixel counts."""
+    filled = count > 0
+    n = count.sum()
+    if n == 0:
+        return float("nan"), float("nan")
+    gap = np.abs(sum_gt[filled] / count[filled] - sum_p[filled] / count[filled])
+    return float((count[filled] / n * gap).sum()), float(gap.max())
+
+
+class SegmentationMeter:
+    """Accumulates binary segmentation and calibration metrics over many images.
+
+    ``compute()`` pools over all pixels of all images seen; ``per_image()`` gives one row per
+    image. Calibration is the positive-class reliability with ``num_bins`` equal-width bins on
+    [0, 1]: ECE = sum_b (n_b / N) |mean_gt_b - mean_pred_b|, MCE = the largest gap over
+    non-empty bins. See the module docstring for the empty-denominator conventions.
+    """
+
+    def __init__(self, threshold: float = 0.5, num_bins: int = 15) -> None:
+        if num_bins < 1:
+            raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+        self.threshold = float(threshold)
+        self.num_bins = int(num_bins)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        # float64 so that pooled counts over many large images stay exact
+        self._counts = np.zeros(4, dtype=np.float64)  # tp, fp, fn, tn
+        self._bin_p = np.zeros(self.num_bins, dtype=np.float64)
+        self._bin_gt = np.zeros(self.num_bins, dtype=np.float64)
+        self._bin_n = np.zeros(self.num_bins, dtype=np.float64)
+        self._rows: list[dict[str, float | str]] = []
+
+    def update(self, prob: torch.Tensor, target: torch.Tensor, names: list[str] | None = None) -> None:
+        """Add a batch: ``prob`` (B,1,H,W) probabilities in [0, 1], ``target`` (B,1,H,W) in {0, 1}.
+
+        ``names`` labels the per-image rows; by default ``image_<k>`` with a running index.
+        Successive batches may have different spatial sizes.
+        """
+        prob = torch.as_tensor(prob).detach().to("cpu", torch.float32)
+        target = torch.as_tensor(target).detach().to("cpu", torch.float32)
+        if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape != target.shape:
+            raise ValueError(
+                f"prob and target must both have shape (B, 1, H, W); got {tuple(prob.shape)} "
+                f"and {tuple(target.shape)}"
+            )
+        if prob.numel() and (prob.min() < 0 or prob.max() > 1 or torch.isnan(prob).any()):
+            raise ValueError("prob must be probabilities in [0, 1] (did you pass logits?)")
+        if ((target != 0) & (target != 1)).any():
+            raise ValueError("target must be binary {0, 1}")
+        batch = prob.shape[0]
+        if names is None:
+            start = len(self._rows)
+            names = [f"image_{start + i}" for i in range(batch)]
+        elif len(names) != batch:
+            raise ValueError(f"got {len(names)} names for a batch of {batch} images")
+
+        pred = (prob >= self.threshold).float()
+        # MONAI orders the counts as tp, fp, tn, fn; reorder to tp, fp, fn, tn
+        cm = get_confusion_matrix(pred, target, include_background=True)[:, 0, :].double().numpy()
+        cm = cm[:, [0, 1, 3, 2]]
+
+        mean_p, mean_gt, n = calibration_binning(prob, target, num_bins=self.num_bins)
+        n = n[:, 0, :].double().numpy()
+        # empty bins are NaN means with zero count: their sums are 0
+        sum_p = np.nan_to_num(mean_p[:, 0, :].double().numpy()) * n
+        sum_gt = np.nan_to_num(mean_gt[:, 0, :].double().numpy()) * n
+
+        self._counts += cm.sum(axis=0)
+        self._bin_p += sum_p.sum(axis=0)
+        self._bin_gt += sum_gt.sum(axis=0)
+        self._bin_n += n.sum(axis=0)
+
+        for i in range(batch):
+            tp, fp, fn, tn = cm[i]
+            total = tp + fp + fn + tn
+            ece, _ = _calibration_errors(sum_p[i], sum_gt[i], n[i])
+            self._rows.append(
+                {
+                    "name": str(names[i]),
+                    **segmentation_scores(tp, fp, fn, tn),
+                    "ece": ece,
+                    "foreground_fraction": _ratio(tp + fn, total, np.nan),
+                    "predicted_fraction": _ratio(tp + fp, total, np.nan),
+                }
+            )
+
+    def compute(self) -> dict[str, float]:
+        """Metrics pooled over all pixels seen: iou, dice, accuracy, precision, recall, ece, mce."""
+        if not self._rows:
+            raise RuntimeError("SegmentationMeter.compute() called before any update()")
+        ece, mce = _calibration_errors(self._bin_p, self._bin_gt, self._bin_n)
+        return {**segmentation_scores(*self._counts), "ece": ece, "mce": mce}
+
+    def per_image(self) -> pd.DataFrame:
+        """One row per image: name, iou, dice, accuracy, precision, recall, ece, fractions."""
+        columns = [
+            "name", "iou", "dice", "accuracy", "precision", "recall", "ece",
+            "foreground_fraction", "predicted_fraction",
+        ]  # fmt: skip
+        return pd.DataFrame(self._rows, columns=columns)
+
+
+def teacher_agreement(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Agreement of the teacher's predicted per-image losses with the true ones.
+
+    Returns ``mae``, ``spearman`` and ``pearson``. Pairs where either value is not finite are
+    dropped; the correlations are NaN (silently) when fewer than two distinct values remain
+    on either side, and every entry is NaN when no pair remains.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    true = np.asarray(true, dtype=np.float64).ravel()
+    if predicted.shape != true.shape:
+        raise ValueError(f"predicted and true differ in size: {predicted.size} vs {true.size}")
+    keep = np.isfinite(predicted) & np.isfinite(true)
+    predicted, true = predicted[keep], true[keep]
+    nan = float("nan")
+    if predicted.size == 0:
+        return {"mae": nan, "spearman": nan, "pearson": nan}
+    mae = float(np.mean(np.abs(predicted - true)))
+    # a constant side makes both correlations undefined; scipy would warn on every call
+    if np.unique(predicted).size < 2 or np.unique(true).size < 2:
+        return {"mae": mae, "spearman": nan, "pearson": nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        spearman = float(stats.spearmanr(predicted, true).statistic)
+        pearson = float(stats.pearsonr(predicted, true).statistic)
+    return {"mae": mae, "spearman": spearman, "pearson": pearson}

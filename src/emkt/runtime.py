@@ -1,0 +1,58 @@
+"""Process-level setup: seeds, threads, device choice, atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def select_device(choice: str) -> torch.device:
+    """'auto' takes CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device' is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and make CPU kernels deterministic."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # Same seed and config on CPU must give identical metrics; on CUDA this also makes
+    # cuDNN pick deterministic algorithms where they exist (warn_only: some have none).
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def set_threads(threads: int) -> None:
+    """Use exactly the cores the scheduler gave this job, so parallel jobs do not oversubscribe."""
+    torch.set_num_threads(max(1, int(threads)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A job killed mid-write leaves no half-written file under the final name, so Snakemake
+    and later rules never mistake it for a finished output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

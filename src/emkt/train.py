@@ -1,0 +1,432 @@
+"""The four training stages: teacher pretraining, student baseline, joint training, expansion.
+
+Each stage is a per-epoch loop with the same shape (``fit``): train one epoch, validate,
+log a row to the per-epoch CSV, keep the best epoch's weights. Stage functions only say
+what one step and one validation are.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from .augment import MaskCorruptor, train_augmentation
+from .data import LabelledCrops, UnlabelledCrops, load_whole_images, random_crop, read_split
+from .evaluate import evaluate_segmenter, summarise_teacher, teacher_predictions
+from .losses import per_image_bce, per_image_bce_with_logits
+from .models import build_student, build_teacher, freeze
+from .runtime import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- building blocks
+
+class EpochSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch), optionally a subset of ``limit`` indices.
+
+    Per-epoch seeding makes the order independent of how many epochs ran before in this
+    process, which a resumed job needs.
+    """
+
+    def __init__(self, size: int, seed: int, limit: int | None = None) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+        self.limit = size if limit is None else min(limit, size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size)
+        return iter(order[: self.limit].tolist())
+
+    def __len__(self) -> int:
+        return self.limit
+
+
+@dataclass
+class Loader:
+    """A DataLoader whose dataset and sampler are told the epoch before each pass."""
+
+    dataset: Dataset
+    sampler: EpochSampler
+    loader: DataLoader
+
+    def epoch(self, epoch: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        return self.loader
+
+
+def make_loader(dataset: Dataset, cfg: dict, seed: int, device: torch.device,
+                limit: int | None = None) -> Loader:
+    sampler = EpochSampler(len(dataset), seed, limit)
+    workers = cfg["loader"]["num_workers"]
+    batch_size = cfg["train"]["batch_size"]
+    # A last batch of one image breaks BatchNorm (the teacher's); drop the incomplete
+    # last batch whenever there is at least one full batch (the sampler reshuffles each epoch).
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )
+    return Loader(dataset, sampler, loader)
+
+
+def make_optimizer(parameters, train_cfg: dict) -> torch.optim.Optimizer:
+    """The one optimiser every model and stage uses (config section 'train')."""
+    name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(parameters, lr=lr, weight_decay=wd, momentum=train_cfg["momentum"])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict) -> torch.optim.lr_scheduler.StepLR:
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_cfg["lr_step_epochs"],
+                                           gamma=train_cfg["lr_gamma"])
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily eval mode without parameter gradients (gradients still reach the inputs)."""
+    was_training = module.training
+    flags = [p.requires_grad for p in module.parameters()]
+    freeze(module)
+    try:
+        yield module
+    finally:
+        for parameter, flag in zip(module.parameters(), flags):
+            parameter.requires_grad_(flag)
+        module.train(was_training)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def check_finite(value: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(value):
+        raise FloatingPointError(f"{what} became {value.item()}; stopping instead of saving a useless model")
+
+
+class MeanTracker:
+    """Running means of named scalars over an epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, **values: float) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+
+@dataclass
+class Selection:
+    """Which validation value picks the kept epoch."""
+
+    key: str
+    mode: str = "max"
+    best: float = field(default=float("nan"))
+    epoch: int = 0
+
+    def improves(self, value: float) -> bool:
+        if np.isnan(self.best):
+            return not np.isnan(value)
+        return value > self.best if self.mode == "max" else value < self.best
+
+
+def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
+        models: dict[str, nn.Module], schedulers: list, selection: Selection, history_path: str | Path,
+        stage: str) -> dict[str, dict]:
+    """Run ``epochs`` epochs; return the state dicts of ``models`` at the best epoch.
+
+    After every epoch a row (train means, validation values, learning rate, seconds) is
+    appended to the per-epoch CSV, rewritten atomically so it is readable at any time.
+    """
+    rows: list[dict] = []
+    best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
+        train_values = train_epoch(epoch)
+        for scheduler in schedulers:
+            scheduler.step()
+        val_values = validate()
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_values.items()},
+               **{f"val_{k}": v for k, v in val_values.items()}, "lr": lr,
+               "seconds": time.perf_counter() - start}
+        rows.append(row)
+        with atomic_path(history_path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        value = val_values[selection.key]
+        if selection.improves(value):
+            selection.best, selection.epoch = value, epoch
+            best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
+        log.info("%s epoch %d/%d: %s", stage, epoch, epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+    log.info("%s: kept epoch %d (val %s = %.4g)", stage, selection.epoch, selection.key, selection.best)
+    return best_states
+
+
+def progress(iterable, stage: str, epoch: int):
+    """tqdm over the batches of one epoch, into the job's log (stderr)."""
+    return tqdm(iterable, desc=f"{stage} epoch {epoch}", mininterval=10, leave=False)
+
+
+# ---------------------------------------------------------------- shared pieces of the stages
+
+@dataclass
+class StageData:
+    """What every stage reads: training crops and whole validation images."""
+
+    train: Loader
+    val_items: list[dict]
+
+
+def labelled_data(cfg: dict, seed: int, split_csv: str | Path, device: torch.device) -> StageData:
+    size = cfg["input_size"]
+    transform = train_augmentation(seed) if cfg["train"]["augment"] else None
+    crops = LabelledCrops(read_split(split_csv, "train"), size, seed,
+                          crops_per_image=cfg["loader"]["crops_per_image"],
+                          cache=cfg["loader"]["cache_labelled"], transform=transform)
+    return StageData(make_loader(crops, cfg, seed, device), load_whole_images(read_split(split_csv, "val")))
+
+
+def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
+                       device: torch.device) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Validation IoU/Dice on whole validation images, plus the probability maps."""
+    ev = cfg["evaluate"]
+    metrics, _, probs = evaluate_segmenter(student, val_items, cfg["input_size"], ev["overlap"],
+                                           ev["batch_size"], device, ev["threshold"], ev["calibration_bins"])
+    student.train()
+    return {"iou": metrics["iou"], "dice": metrics["dice"]}, probs
+
+
+def new_student(cfg: dict, device: torch.device) -> nn.Module:
+    return build_student(cfg["student"], cfg["input_size"]).to(device)
+
+
+def new_teacher(cfg: dict, device: torch.device) -> nn.Module:
+    return build_teacher(cfg["teacher"], cfg["input_size"]).to(device)
+
+
+# ---------------------------------------------------------------- stage 1: teacher pretraining
+
+def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, corruption: dict,
+                             seed: int) -> dict[str, torch.Tensor]:
+    """A fixed set of (image crop, corrupted mask, GT crop): the same every epoch and seed,
+    so validation losses are comparable across epochs."""
+    rng = np.random.default_rng([seed, 99])
+    corruptor = MaskCorruptor(corruption, seed=seed + 99)
+    images, masks = [], []
+    for item in val_items:
+        for _ in range(per_image):
+            image, mask = random_crop([item["image"], item["mask"]], size, rng)
+            images.append(torch.from_numpy(np.ascontiguousarray(image)).float())
+            masks.append(torch.from_numpy(np.ascontiguousarray(mask)).float())
+    image_t, mask_t = torch.stack(images)[:, None], torch.stack(masks)[:, None]
+    corrupted = corruptor.corrupt_batch(mask_t)
+    return {"image": image_t, "mask": mask_t, "corrupted": corrupted, "target": per_image_bce(corrupted, mask_t)}
+
+
+@torch.no_grad()
+def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], batch_size: int,
+                       device: torch.device) -> dict[str, float]:
+    teacher.eval()
+    predicted = torch.cat([
+        teacher(val_set["image"][i:i + batch_size].to(device), val_set["corrupted"][i:i + batch_size].to(device)).cpu()
+        for i in range(0, len(val_set["image"]), batch_size)
+    ])
+    teacher.train()
+    agreement = summarise_teacher(pd.DataFrame({"predicted": predicted.numpy(), "true": val_set["target"].numpy()}))
+    return {"mse": float(F.mse_loss(predicted, val_set["target"])), "mae": agreement["mae"],
+            "spearman": agreement["spearman"]}
+
+
+def pretrain_teacher(cfg: dict, seed: int, split_csv: str | Path, history_path: str | Path,
+                     device: torch.device) -> nn.Module:
+    """Teach the teacher to predict BCE(corrupted GT, GT) from (image, corrupted GT)."""
+    stage_cfg = cfg["teacher_pretrain"]
+    data = labelled_data(cfg, seed, split_csv, device)
+    teacher = new_teacher(cfg, device)
+    optimizer = make_optimizer(teacher.parameters(), cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+    corruptor = MaskCorruptor(stage_cfg["corruption"], seed=seed)
+    val_set = corrupted_validation_set(data.val_items, cfg["input_size"], stage_cfg["val_corruptions_per_image"],
+                                       stage_cfg["corruption"], seed)
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        teacher.train()
+        tracker = MeanTracker()
+        for batch in progress(data.train.epoch(epoch), "pretrain_teacher", epoch):
+            mask = batch["mask"]
+            corrupted = corruptor.corrupt_batch(mask)
+            batch = to_device({"image": batch["image"], "mask": mask, "corrupted": corrupted}, device)
+            target = per_image_bce(batch["corrupted"], batch["mask"])
+            loss = F.mse_loss(teacher(batch["image"], batch["corrupted"]), target)
+            check_finite(loss, "teacher pretraining loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(mse=loss.item(), target_mean=target.mean().item())
+        return tracker.means()
+
+    best = fit(stage_cfg["epochs"], train_epoch,
+               lambda: teacher_validation(teacher, val_set, cfg["train"]["batch_size"], device),
+               {"teacher": teacher}, [scheduler], Selection("mse", "min"), history_path, "pretrain_teacher")
+    teacher.load_state_dict(best["teacher"])
+    return teacher
+
+
+# ---------------------------------------------------------------- stage 2: student baseline
+
+def train_student_baseline(cfg: dict, seed: int, split_csv: str | Path, history_path: str | Path,
+                           device: torch.device) -> nn.Module:
+    """BCE only, from scratch."""
+    data = labelled_data(cfg, seed, split_csv, device)
+    student = new_student(cfg, device)
+    optimizer = make_optimizer(student.parameters(), cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+    pos_weight = cfg["train"]["pos_weight"]
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        tracker = MeanTracker()
+        for batch in progress(data.train.epoch(epoch), "student_baseline", epoch):
+            batch = to_device(batch, device)
+            loss = per_image_bce_with_logits(student(batch["image"]), batch["mask"], pos_weight).mean()
+            check_finite(loss, "student BCE")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(bce=loss.item())
+        return tracker.means()
+
+    best = fit(cfg["student_baseline"]["epochs"], train_epoch,
+               lambda: student_validation(student, data.val_items, cfg, device)[0],
+               {"student": student}, [scheduler], Selection("iou"), history_path, "student_baseline")
+    student.load_state_dict(best["student"])
+    return student
+
+
+# ---------------------------------------------------------------- stage 3: joint training
+
+def joint_train(cfg: dict, seed: int, split_csv: str | Path, teacher: nn.Module, history_path: str | Path,
+                device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Student and teacher together; returns (teacher, student) of the best validation epoch.
+
+    Per step: the student minimises its per-image BCE plus ``teacher_loss_weight`` times the
+    (frozen) teacher's predicted loss of its own output; then the teacher regresses the
+    student's true per-image BCE, and that of a batch of corrupted GT masks so it keeps the
+    whole error range.
+    """
+    stage_cfg = cfg["joint"]
+    data = labelled_data(cfg, seed, split_csv, device)
+    teacher = teacher.to(device)
+    student = new_student(cfg, device)
+    opt_s, opt_t = make_optimizer(student.parameters(), cfg["train"]), make_optimizer(teacher.parameters(), cfg["train"])
+    schedulers = [make_scheduler(opt_s, cfg["train"]), make_scheduler(opt_t, cfg["train"])]
+    corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 1)
+    weight, pos_weight = stage_cfg["teacher_loss_weight"], cfg["train"]["pos_weight"]
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        teacher.train()
+        tracker = MeanTracker()
+        for batch in progress(data.train.epoch(epoch), "joint", epoch):
+            corrupted = corruptor.corrupt_batch(batch["mask"]) if stage_cfg["corrupted_batch"] else None
+            batch = to_device(batch, device)
+            image, mask = batch["image"], batch["mask"]
+            logits = student(image)
+            prob = torch.sigmoid(logits)
+            bce = per_image_bce_with_logits(logits, mask, pos_weight)
+            with frozen(teacher):
+                predicted = teacher(image, prob)
+            loss_s = (bce + weight * predicted).mean()
+            check_finite(loss_s, "joint student loss")
+            opt_s.zero_grad(set_to_none=True)
+            loss_s.backward()
+            opt_s.step()
+
+            target = per_image_bce(prob.detach(), mask)
+            loss_t = F.mse_loss(teacher(image, prob.detach()), target)
+            if corrupted is not None:
+                corrupted = corrupted.to(device)
+                loss_t = loss_t + F.mse_loss(teacher(image, corrupted), per_image_bce(corrupted, mask))
+            check_finite(loss_t, "joint teacher loss")
+            opt_t.zero_grad(set_to_none=True)
+            loss_t.backward()
+            opt_t.step()
+            tracker.add(student_loss=loss_s.item(), bce=bce.mean().item(),
+                        teacher_predicted=predicted.mean().item(), teacher_mse=loss_t.item())
+        return tracker.means()
+
+    def validate() -> dict[str, float]:
+        values, probs = student_validation(student, data.val_items, cfg, device)
+        agreement = summarise_teacher(teacher_predictions(teacher, data.val_items, probs, cfg["input_size"], device))
+        teacher.train()
+        return {**values, "teacher_mae": agreement["mae"], "teacher_spearman": agreement["spearman"]}
+
+    best = fit(stage_cfg["epochs"], train_epoch, validate, {"student": student, "teacher": teacher},
+               schedulers, Selection("iou"), history_path, "joint")
+    student.load_state_dict(best["student"])
+    teacher.load_state_dict(best["teacher"])
+    return teacher, student
+
+
+# ---------------------------------------------------------------- stage 4: knowledge expansion
+
+def expand_student(cfg: dict, seed: int, split_csv: str | Path, unlabelled: list[str], student: nn.Module,
+                   teacher: nn.Module, history_path: str | Path, device: torch.device) -> nn.Module:
+    """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
+
+    Validation IoU on the labelled validation split picks the kept epoch (of epochs 1..N).
+    """
+    stage_cfg = cfg["expand"]
+    size = cfg["input_size"]
+    student, teacher = student.to(device), freeze(teacher.to(device))
+    transform = train_augmentation(seed, keys=("image",)) if cfg["train"]["augment"] else None
+    pool = UnlabelledCrops(unlabelled, size, seed, transform=transform)
+    loader = make_loader(pool, cfg, seed, device, limit=stage_cfg["images_per_epoch"])
+    val_items = load_whole_images(read_split(split_csv, "val"))
+    optimizer = make_optimizer(student.parameters(), cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        tracker = MeanTracker()
+        for batch in progress(loader.epoch(epoch), "expand", epoch):
+            image = batch["image"].to(device, non_blocking=True)
+            prob = torch.sigmoid(student(image))
+            loss = teacher(image, prob).mean()
+            check_finite(loss, "expansion loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(teacher_predicted=loss.item(), predicted_fraction=(prob > 0.5).float().mean().item())
+        return tracker.means()
+
+    best = fit(stage_cfg["epochs"], train_epoch,
+               lambda: student_validation(student, val_items, cfg, device)[0],
+               {"student": student}, [scheduler], Selection("iou"), history_path, "expand")
+    student.load_state_dict(best["student"])
+    return student

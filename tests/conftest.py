@@ -1,0 +1,61 @@
+"""Shared fixtures: repository paths, the real-EM fixture, tiny configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from emkt.config import load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "em-mito-mini"
+
+# Settings small enough for a whole DAG in well under a minute on 2 cores.
+TINY = {
+    "seeds": [0, 1],
+    "device": "cpu",
+    "data": {"source": "synthetic",
+             "synthetic": {"n_sources": 2, "images_per_source": 8, "image_size": [48, 48],
+                           "unlabelled_images": 24, "seed": 3}},
+    "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0},
+    "input_size": 32,
+    "loader": {"num_workers": 0, "cache_labelled": True, "crops_per_image": 1},
+    "train": {"batch_size": 8, "lr": 1.0e-3, "lr_step_epochs": 5},
+    "student": {"patch_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2,
+                "deconv_chns": 8},
+    "teacher": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1},
+    "teacher_pretrain": {"epochs": 2, "val_corruptions_per_image": 2},
+    "student_baseline": {"epochs": 2},
+    "joint": {"epochs": 2},
+    "expand": {"epochs": 2, "images_per_epoch": 16},
+    "evaluate": {"panel_images": 2},
+    "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
+                  "evaluate": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
+                  "light": {"threads": 1, "mem_mb": 500, "runtime": 5}},
+}
+
+
+def merged(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def paper_config() -> dict:
+    return load_config(REPO / "config.yaml")
+
+
+@pytest.fixture
+def tiny_config(paper_config: dict) -> dict:
+    return validate_config(merged(paper_config, TINY))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real-EM fixture not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,43 @@
+import copy
+
+import pytest
+
+from emkt.config import ConfigError, load_config, validate_config
+
+from conftest import REPO
+
+
+def test_paper_and_demo_configs_are_valid():
+    paper = load_config(REPO / "config.yaml")
+    assert paper["seeds"] == [0, 1, 2, 3, 4]
+    assert paper["student"]["hidden_size"] == 768 and paper["student"]["num_layers"] == 12
+    assert paper["teacher"]["channels"] == [16, 32, 64, 128]
+    assert (paper["train"]["batch_size"], paper["train"]["lr_step_epochs"], paper["train"]["lr_gamma"]) == (16, 50, 0.1)
+    assert paper["input_size"] == 224 and paper["student_baseline"]["epochs"] == 300
+    demo = load_config(REPO / "config.yaml", REPO / "demo.yaml")
+    assert demo["data"]["source"] == "synthetic" and len(demo["seeds"]) == 2
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["split"].update(train=0.9), "must sum to 1"),
+        (lambda c: c["data"].update(source="ftp"), "'data.source' = 'ftp' is not allowed; allowed values: ['folder', 'synthetic']"),
+        (lambda c: c["train"].update(optimizer="lbfgs"), "'train.optimizer'"),
+        (lambda c: c["train"].update(lr_schedule=3), "unknown config key(s) ['lr_schedule'] under 'train'"),
+        (lambda c: c.update(sedes=[1]), "unknown config key(s) ['sedes'] under the top level"),
+        (lambda c: c["train"].update(lr=-1.0), "'train.lr' = -1.0"),
+        (lambda c: c["student"].update(patch_size=8), "perfect square"),
+        (lambda c: c["student"].update(patch_size=9), "must divide 'input_size'"),
+        (lambda c: c["teacher"].update(strides=[2, 2]), "same length"),
+        (lambda c: c.update(seeds=[1, 1]), "duplicates"),
+        (lambda c: c["data"].update(source="folder", labelled_dir=None), "'data.labelled_dir' must be set"),
+        (lambda c: c["teacher_pretrain"]["corruption"].update(p_bogus=0.5), "p_bogus"),
+    ],
+)
+def test_bad_values_name_the_key(paper_config, mutate, expected):
+    config = copy.deepcopy(paper_config)
+    mutate(config)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert expected in str(error.value)

@@ -1,0 +1,195 @@
+"""Metrics checked against values worked out by hand on tiny arrays."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from emkt.metrics import SegmentationMeter, teacher_agreement
+
+# 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
+# GT positive: (0,0) (0,1) (1,0) (1,1).  => tp=3, fp=2, fn=1, tn=10.
+PROB_A = [
+    [0.9, 0.8, 0.2, 0.1],
+    [0.7, 0.4, 0.6, 0.1],
+    [0.1, 0.1, 0.3, 0.2],
+    [0.2, 0.1, 0.1, 0.9],
+]
+GT_A = [
+    [1, 1, 0, 0],
+    [1, 1, 0, 0],
+    [0, 0, 0, 0],
+    [0, 0, 0, 0],
+]
+# 2x3 case: tp=1, fp=0, fn=1, tn=4.
+PROB_B = [[0.9, 0.1, 0.1], [0.1, 0.1, 0.1]]
+GT_B = [[1, 0, 0], [0, 0, 1]]
+
+
+def t(x) -> torch.Tensor:
+    """(H,W) nested list -> (1,1,H,W) float tensor."""
+    return torch.tensor(x, dtype=torch.float32)[None, None]
+
+
+def test_hand_worked_4x4():
+    meter = SegmentationMeter()
+    meter.update(t(PROB_A), t(GT_A), names=["a"])
+    got = meter.compute()
+    assert got["iou"] == pytest.approx(3 / 6)
+    assert got["dice"] == pytest.approx(6 / 9)
+    assert got["accuracy"] == pytest.approx(13 / 16)
+    assert got["precision"] == pytest.approx(3 / 5)
+    assert got["recall"] == pytest.approx(3 / 4)
+    row = meter.per_image().iloc[0]
+    assert row["name"] == "a"
+    assert row["iou"] == pytest.approx(0.5)
+    assert row["foreground_fraction"] == pytest.approx(4 / 16)
+    assert row["predicted_fraction"] == pytest.approx(5 / 16)
+    assert row["ece"] == pytest.approx(got["ece"])
+
+
+def test_pooling_across_updates_of_different_sizes():
+    meter = SegmentationMeter()
+    meter.update(t(PROB_A), t(GT_A))
+    meter.update(t(PROB_B), t(GT_B))
+    got = meter.compute()
+    # pooled: tp=4, fp=2, fn=2, tn=14
+    assert got["iou"] == pytest.approx(4 / 8)
+    assert got["dice"] == pytest.approx(8 / 12)
+    assert got["accuracy"] == pytest.approx(18 / 22)
+    assert got["precision"] == pytest.approx(4 / 6)
+    assert got["recall"] == pytest.approx(4 / 6)
+    per = meter.per_image()
+    assert list(per["name"]) == ["image_0", "image_1"]
+    assert list(per.columns) == [
+        "name", "iou", "dice", "accuracy", "precision", "recall", "ece",
+        "foreground_fraction", "predicted_fraction",
+    ]  # fmt: skip
+    b = per.iloc[1]
+    assert b["iou"] == pytest.approx(1 / 2)
+    assert b["dice"] == pytest.approx(2 / 3)
+    assert b["precision"] == pytest.approx(1.0)
+    assert b["recall"] == pytest.approx(1 / 2)
+    assert b["foreground_fraction"] == pytest.approx(2 / 6)
+
+
+def test_batch_update_equals_single_updates():
+    rng = np.random.default_rng(0)
+    prob = torch.from_numpy(rng.random((3, 1, 8, 8)).astype(np.float32))
+    gt = (torch.from_numpy(rng.random((3, 1, 8, 8))) > 0.6).float()
+    batched, single = SegmentationMeter(), SegmentationMeter()
+    batched.update(prob, gt, names=["x", "y", "z"])
+    for i in range(3):
+        single.update(prob[i : i + 1], gt[i : i + 1])
+    assert batched.compute() == pytest.approx(single.compute())
+    np.testing.assert_allclose(
+        batched.per_image().drop(columns="name").to_numpy(),
+        single.per_image().drop(columns="name").to_numpy(),
+    )
+
+
+def test_empty_conventions():
+    meter = SegmentationMeter()
+    zeros = torch.zeros(1, 1, 3, 3)
+    meter.update(zeros + 0.1, zeros)  # both empty
+    meter.update(zeros + 0.9, zeros)  # predicted, no GT
+    meter.update(zeros + 0.1, zeros + 1)  # GT, nothing predicted
+    per = meter.per_image()
+    both, pred_only, gt_only = (per.iloc[i] for i in range(3))
+    assert both["iou"] == 1.0 and both["dice"] == 1.0 and both["accuracy"] == 1.0
+    assert math.isnan(both["precision"]) and math.isnan(both["recall"])
+    assert pred_only["iou"] == 0.0 and pred_only["dice"] == 0.0
+    assert pred_only["precision"] == 0.0 and math.isnan(pred_only["recall"])
+    assert gt_only["iou"] == 0.0 and gt_only["recall"] == 0.0
+    assert math.isnan(gt_only["precision"])
+
+    only_empty = SegmentationMeter()
+    only_empty.update(zeros + 0.1, zeros)
+    got = only_empty.compute()
+    assert got["iou"] == 1.0 and got["dice"] == 1.0
+    assert math.isnan(got["precision"]) and math.isnan(got["recall"])
+
+
+def test_ece_mce_hand_worked_and_pooled():
+    meter = SegmentationMeter(num_bins=10)
+    # bin of 0.2: mean p 0.2, mean gt 1/2 -> gap 0.3; bin of 0.9: mean gt 1 -> gap 0.1
+    meter.update(t([[0.2, 0.2], [0.9, 0.9]]), t([[0, 1], [1, 1]]))
+    got = meter.compute()
+    assert got["ece"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.1, abs=1e-6)
+    assert got["mce"] == pytest.approx(0.3, abs=1e-6)
+    assert meter.per_image()["ece"].iloc[0] == pytest.approx(0.2, abs=1e-6)
+
+    # second image (1x3): pooled bin 0.2 has 3 pixels, gt 1/3 -> gap 2/15;
+    # bin 0.9 has 4 pixels, gt 3/4 -> gap 0.15. ECE = 3/7*2/15 + 4/7*0.15 = 1/7.
+    meter.update(t([[0.2, 0.9, 0.9]]), t([[0, 0, 1]]))
+    got = meter.compute()
+    assert got["ece"] == pytest.approx(1 / 7, abs=1e-6)
+    assert got["mce"] == pytest.approx(0.15, abs=1e-6)
+    # per-image ECE of the second image alone: gaps 0.2 (1 px) and 0.4 (2 px)
+    assert meter.per_image()["ece"].iloc[1] == pytest.approx((0.2 + 2 * 0.4) / 3, abs=1e-6)
+
+
+def test_perfect_prediction():
+    gt = t(GT_A)
+    meter = SegmentationMeter()
+    meter.update(gt * 0.98 + 0.01, gt)  # 0.99 on foreground, 0.01 on background
+    got = meter.compute()
+    assert got["iou"] == 1.0 and got["dice"] == 1.0 and got["accuracy"] == 1.0
+    assert got["precision"] == 1.0 and got["recall"] == 1.0
+    assert got["ece"] == pytest.approx(0.01, abs=1e-5)
+    assert got["mce"] == pytest.approx(0.01, abs=1e-5)
+
+
+def test_threshold_is_inclusive_and_configurable():
+    meter = SegmentationMeter(threshold=0.3)
+    meter.update(t([[0.3, 0.2]]), t([[1, 0]]))
+    assert meter.compute()["iou"] == 1.0
+
+
+def test_invalid_inputs():
+    meter = SegmentationMeter()
+    with pytest.raises(ValueError):
+        meter.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError):
+        meter.update(t([[1.5]]), t([[1]]))
+    with pytest.raises(ValueError):
+        meter.update(t([[0.5]]), t([[0.5]]))
+    with pytest.raises(ValueError):
+        meter.update(t([[0.5]]), t([[1]]), names=["a", "b"])
+    with pytest.raises(RuntimeError):
+        meter.compute()
+    assert len(meter.per_image()) == 0
+
+
+def test_teacher_agreement_known_values():
+    pred = np.array([0.1, 0.2, 0.4, 0.3])
+    true = np.array([0.2, 0.2, 0.5, 0.6])
+    got = teacher_agreement(pred, true)
+    assert got["mae"] == pytest.approx((0.1 + 0 + 0.1 + 0.3) / 4)
+    # ranks pred 1,2,4,3 vs true 1.5,1.5,3,4
+    assert got["spearman"] == pytest.approx(stats.spearmanr(pred, true).statistic)
+    assert got["pearson"] == pytest.approx(np.corrcoef(pred, true)[0, 1])
+
+    monotone = teacher_agreement(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 90.0]))
+    assert monotone["spearman"] == pytest.approx(1.0)
+    assert monotone["pearson"] < 1.0
+
+
+def test_teacher_agreement_degenerate_is_nan_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        const = teacher_agreement(np.array([0.3, 0.3, 0.3]), np.array([0.1, 0.2, 0.3]))
+        single = teacher_agreement(np.array([0.3]), np.array([0.5]))
+        empty = teacher_agreement(np.array([]), np.array([]))
+        with_nan = teacher_agreement(np.array([0.1, np.nan, 0.3]), np.array([0.2, 0.5, 0.1]))
+    assert const["mae"] == pytest.approx(0.1)
+    assert math.isnan(const["spearman"]) and math.isnan(const["pearson"])
+    assert single["mae"] == pytest.approx(0.2) and math.isnan(single["spearman"])
+    assert all(math.isnan(v) for v in empty.values())
+    assert with_nan["mae"] == pytest.approx((0.1 + 0.2) / 2)
+    assert with_nan["spearman"] == pytest.approx(-1.0)

@@ -1,0 +1,102 @@
+STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce"]
+
+
+rule aggregate:
+    input:
+        students=expand("results/eval/student_{condition}_{seed}.csv", condition=STUDENT_CONDITIONS, seed=SEEDS),
+        teachers=expand("results/eval/teacher_{stage}_{seed}.csv", stage=TEACHER_STAGES, seed=SEEDS),
+    output:
+        long="results/tables/metrics_long.csv",
+        csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
+        markdown="results/tables/summary.md",
+    log:
+        "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/aggregate.py"
+
+
+rule plot_metrics:
+    input:
+        "results/tables/metrics_long.csv",
+    output:
+        report("results/figures/metrics.png", caption="../report/metrics.rst", category="Figures"),
+    params:
+        metrics=STUDENT_METRICS,
+    log:
+        "results/logs/plot_metrics.log",
+    benchmark:
+        "results/benchmarks/plot_metrics.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_metrics.py"
+
+
+rule plot_teacher_scatter:
+    input:
+        expand("results/eval/teacher_{stage}_{seed}_per_tile.csv", stage=TEACHER_STAGES, seed=SEEDS),
+    output:
+        report("results/figures/teacher_scatter.png", caption="../report/teacher_scatter.rst", category="Figures"),
+    log:
+        "results/logs/plot_teacher_scatter.log",
+    benchmark:
+        "results/benchmarks/plot_teacher_scatter.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_teacher_scatter.py"
+
+
+rule plot_training_curves:
+    input:
+        expand("results/history/{stage}_{seed}.csv", stage=HISTORY_STAGES, seed=SEEDS),
+    output:
+        report("results/figures/training_curves.png", caption="../report/training_curves.rst", category="Figures"),
+    params:
+        stages=HISTORY_STAGES,
+        seeds=SEEDS,
+    log:
+        "results/logs/plot_training_curves.log",
+    benchmark:
+        "results/benchmarks/plot_training_curves.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_training_curves.py"
+
+
+rule plot_predictions:
+    input:
+        expand("results/eval/student_{condition}_{seed}_panel.npz", condition=STUDENT_CONDITIONS, seed=SEEDS[0]),
+    output:
+        report("results/figures/predictions.png", caption="../report/predictions.rst", category="Figures"),
+    params:
+        conditions=STUDENT_CONDITIONS,
+        max_images=config["evaluate"]["panel_images"],
+    log:
+        "results/logs/plot_predictions.log",
+    benchmark:
+        "results/benchmarks/plot_predictions.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_predictions.py"

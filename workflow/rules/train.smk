@@ -1,0 +1,92 @@
+# Training stages, one job per seed. The stage's settings are rule params, so changing
+# them (and only them) reruns the stage; the shared settings are params too.
+
+
+
+rule pretrain_teacher:
+    input:
+        split="results/splits/datasplit.csv",
+    output:
+        model="results/models/teacher_pretrained_{seed}.pth",
+        history="results/history/teacher_pretrained_{seed}.csv",
+    params:
+        **training_params("teacher", "teacher_pretrain"),
+    log:
+        "results/logs/pretrain_teacher/{seed}.log",
+    benchmark:
+        "results/benchmarks/pretrain_teacher/{seed}.tsv"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        **job_resources("train"),
+    conda:
+        ENV
+    script:
+        "../scripts/pretrain_teacher.py"
+
+
+rule train_student_baseline:
+    input:
+        split="results/splits/datasplit.csv",
+    output:
+        model="results/models/student_baseline_{seed}.pth",
+        history="results/history/student_baseline_{seed}.csv",
+    params:
+        **training_params("student", "student_baseline"),
+    log:
+        "results/logs/train_student_baseline/{seed}.log",
+    benchmark:
+        "results/benchmarks/train_student_baseline/{seed}.tsv"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        **job_resources("train"),
+    conda:
+        ENV
+    script:
+        "../scripts/train_student_baseline.py"
+
+
+rule joint_train:
+    input:
+        split="results/splits/datasplit.csv",
+        teacher="results/models/teacher_pretrained_{seed}.pth",
+    output:
+        teacher="results/models/teacher_joint_{seed}.pth",
+        student="results/models/student_joint_{seed}.pth",
+        history="results/history/joint_{seed}.csv",
+    params:
+        **training_params("student", "teacher", "joint"),
+    log:
+        "results/logs/joint_train/{seed}.log",
+    benchmark:
+        "results/benchmarks/joint_train/{seed}.tsv"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        **job_resources("train"),
+    conda:
+        ENV
+    script:
+        "../scripts/joint_train.py"
+
+
+rule expand_student:
+    input:
+        split="results/splits/datasplit.csv",
+        unlabelled="results/data/unlabelled.csv",
+        student="results/models/student_joint_{seed}.pth",
+        teacher="results/models/teacher_joint_{seed}.pth",
+    output:
+        model="results/models/student_expanded_{seed}.pth",
+        history="results/history/student_expanded_{seed}.csv",
+    params:
+        **training_params("expand"),
+    log:
+        "results/logs/expand_student/{seed}.log",
+    benchmark:
+        "results/benchmarks/expand_student/{seed}.tsv"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        **job_resources("train"),
+    conda:
+        ENV
+    script:
+        "../scripts/expand_student.py"

@@ -1,0 +1,19 @@
+"""Collect every evaluation into one long table and summarise it over seeds."""
+
+from jobsetup import start_job
+
+config = start_job(snakemake)
+
+from pathlib import Path
+
+from emkt.runtime import atomic_path
+from emkt.tables import read_long_tables, summarize, to_markdown
+
+long = read_long_tables([*snakemake.input.students, *snakemake.input.teachers])
+summary = summarize(long, reference="baseline")
+with atomic_path(snakemake.output.long) as tmp:
+    long.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.csv) as tmp:
+    summary.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.markdown) as tmp:
+    Path(tmp).write_text(to_markdown(summary))

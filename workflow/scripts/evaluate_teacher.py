@@ -1,0 +1,35 @@
+"""Evaluate one teacher: its predicted vs the true per-tile BCE of the same seed's students on the test split."""
+
+from jobsetup import start_torch_job
+
+seed = int(snakemake.wildcards.seed)
+stage = snakemake.wildcards.stage
+config, device = start_torch_job(snakemake, seed)
+
+import pandas as pd
+
+from emkt.checkpoints import load_model
+from emkt.data import load_whole_images, read_split
+from emkt.evaluate import predict_probability, summarise_teacher, teacher_predictions
+from emkt.runtime import atomic_path
+
+teacher, checkpoint = load_model(snakemake.input.teacher, expected_kind="teacher")
+teacher = teacher.to(device)
+items = load_whole_images(read_split(snakemake.input.split, "test"))
+ev = config["evaluate"]
+frames = []
+for condition, path in zip(snakemake.params.conditions, snakemake.input.students):
+    student, student_ckpt = load_model(path, expected_kind="student")
+    student = student.to(device)
+    probs = [predict_probability(student, item["image"], student_ckpt["input_size"], ev["overlap"],
+                                 ev["batch_size"], device) for item in items]
+    per_tile = teacher_predictions(teacher, items, probs, checkpoint["input_size"], device)
+    frames.append(per_tile.assign(teacher_stage=stage, seed=seed, student_condition=condition))
+per_tile = pd.concat(frames, ignore_index=True)
+agreement = summarise_teacher(per_tile)
+long = pd.DataFrame([{"model": "teacher", "condition": stage, "seed": seed, "metric": k, "value": v}
+                     for k, v in agreement.items()])
+with atomic_path(snakemake.output.metrics) as tmp:
+    long.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.per_tile) as tmp:
+    per_tile.to_csv(tmp, index=False)

@@ -1,0 +1,42 @@
+"""Shared start of every workflow script: import path, log file, threads, device.
+
+Snakemake puts this folder on sys.path for the scripts beside it. The package is imported
+from the repository's src/ so that the same code runs in the project venv and in the
+rule's conda env (which installs only the dependencies).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if SRC.is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def start_job(snakemake) -> dict:
+    """Send stderr (tqdm, warnings, tracebacks) and logging to the rule's log; return the config."""
+    if snakemake.log:
+        log_path = Path(str(snakemake.log[0]))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log_path, "w", buffering=1)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    from emkt.config import validate_config
+
+    return validate_config(dict(snakemake.config))
+
+
+def start_torch_job(snakemake, seed: int | None = None):
+    """start_job plus threads, seeds and the device; returns (config, device)."""
+    config = start_job(snakemake)
+    from emkt.runtime import seed_everything, select_device, set_threads
+
+    set_threads(snakemake.threads)
+    if seed is not None:
+        seed_everything(seed)
+    device = select_device(config["device"])
+    logging.getLogger("emkt").info("running on %s with %d thread(s)", device, snakemake.threads)
+    return config, device
