@@ -26,7 +26,11 @@ for condition, path in zip(snakemake.params.conditions, snakemake.input.students
     per_tile = teacher_predictions(teacher, items, probs, checkpoint["input_size"], device)
     frames.append(per_tile.assign(teacher_stage=stage, seed=seed, student_condition=condition))
 per_tile = pd.concat(frames, ignore_index=True)
+# Pooled over all students, and per student: a teacher may rank the baseline student's
+# errors well and still be fooled by the expanded student it was minimised against.
 agreement = summarise_teacher(per_tile)
+for condition, tiles in per_tile.groupby("student_condition", sort=False):
+    agreement.update({f"{k}@{condition}": v for k, v in summarise_teacher(tiles).items() if k != "pearson"})
 long = pd.DataFrame([{"model": "teacher", "condition": stage, "seed": seed, "metric": k, "value": v}
                      for k, v in agreement.items()])
 with atomic_path(snakemake.output.metrics) as tmp:
