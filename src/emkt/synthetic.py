@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from scipy import ndimage as ndi
+from scipy.special import expit
 
 # Stream ids mixed into the seed so the labelled set and the pool never share images.
 _KIND_LABELLED = 0
@@ -148,7 +149,8 @@ def render_em_image(
     ts = style.texture_scale
     fine = _smooth_noise(rng, shape, 0.8)
     mid = _smooth_noise(rng, shape, 2.5 * ts)
-    shading = _smooth_noise(rng, shape, 0.3 * max(h, w))
+    # Capped so that large images stay cheap (and the shading keeps a physical scale).
+    shading = _smooth_noise(rng, shape, min(0.3 * max(h, w), 32.0))
     # Large-scale shading of ~±0.08 moves the cytoplasm into the matrix's grey range in
     # places, one of the things that defeats a global threshold.
     img = 0.64 + 0.08 * shading + 0.05 * mid + 0.03 * fine
@@ -175,7 +177,7 @@ def render_em_image(
             k, a, ph = int(rng.integers(2, 5)), rng.uniform(0.02, 0.08), rng.uniform(0, 2 * np.pi)
             f = rho - radius * (1 + a * np.sin(k * phi + ph))
         thick = rng.uniform(0.8, 1.5)
-        img += rng.uniform(-0.06, 0.06) / (1 + np.exp(-f / 2.0))
+        img += rng.uniform(-0.06, 0.06) * expit(f / 2.0)
         img += np.exp(-0.5 * (f / thick) ** 2) * (0.18 - img) * 0.8
 
     labels = np.zeros(shape, dtype=np.uint16)
@@ -184,7 +186,7 @@ def render_em_image(
     # Mitochondria, added until a per-image target foreground fraction is reached.
     target = rng.uniform(0.09, 0.22)
     n_inst, fg = 0, 0
-    for _ in range(60):
+    for _ in range(int(60 * max(1.0, area / 96.0**2))):  # attempts scale with the area
         if fg >= target * area:
             break
         r = rng.uniform(3.5, 7.5)
