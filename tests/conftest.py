@@ -20,8 +20,9 @@ TINY = {
              "synthetic": {"n_sources": 2, "images_per_source": 8, "image_size": [48, 48],
                            "unlabelled_images": 24, "seed": 3}},
     "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0},
+    "store": {"labelled_shards": 2, "pool_shards": 2, "pool_tile": 48},
     "input_size": 32,
-    "loader": {"num_workers": 0, "cache_labelled": True, "crops_per_image": 1},
+    "loader": {"num_workers": 0, "crops_per_image": 1},
     "train": {"batch_size": 8, "lr": 1.0e-3, "lr_step_epochs": 5},
     "student": {"patch_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2,
                 "deconv_chns": 8},
@@ -33,6 +34,7 @@ TINY = {
     "evaluate": {"panel_images": 2},
     "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "evaluate": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
+                  "data": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "light": {"threads": 1, "mem_mb": 500, "runtime": 5}},
 }
 
@@ -59,3 +61,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-EM fixture not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def prepare_data(labelled_dir: Path, pool_dir: Path | None, out: Path, config: dict, group_by: str = "none"):
+    """Index, pack and split a data folder the way the workflow's rules do; returns DataFiles."""
+    from emkt.data import split_index
+    from emkt.indexing import build_index
+    from emkt.store import pack_labelled_shard, pack_pool_shard, shard_rows, write_manifest
+    from emkt.train import DataFiles
+
+    index, _ = build_index(labelled_dir, pool_dir)
+    labelled = index[index["set"] == "labelled"].reset_index(drop=True)
+    pool = index[index["set"] == "unlabelled"].reset_index(drop=True)
+    store = config["store"]
+    tables, arrays = [], []
+    for k in range(store["labelled_shards"]):
+        rows = labelled.iloc[list(shard_rows(len(labelled), store["labelled_shards"], k))]
+        pack_labelled_shard(rows, out / f"labelled/shard-{k:05d}.bin", out / f"labelled/shard-{k:05d}.csv")
+        tables.append(out / f"labelled/shard-{k:05d}.csv")
+    write_manifest("labelled", tables, out / "labelled.json")
+    if len(pool):
+        for k in range(store["pool_shards"]):
+            rows = pool.iloc[list(shard_rows(len(pool), store["pool_shards"], k))]
+            pack_pool_shard(rows, store["pool_tile"], out / f"pool/shard-{k:05d}.npy",
+                            out / f"pool/shard-{k:05d}.origin.npy")
+            arrays.append(out / f"pool/shard-{k:05d}.npy")
+        write_manifest("pool", arrays, out / "pool.json", tile=store["pool_tile"])
+    split = config["split"]
+    table = split_index(labelled.drop(columns="set"), split["train"], split["val"], split["test"], split["seed"],
+                        group_by)
+    table.to_csv(out / "split.csv", index=False)
+    return DataFiles(out / "split.csv", out / "labelled.json", out / "pool.json" if len(pool) else None)

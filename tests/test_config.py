@@ -14,6 +14,8 @@ def test_paper_and_demo_configs_are_valid():
     assert paper["teacher"]["channels"] == [16, 32, 64, 128]
     assert (paper["train"]["batch_size"], paper["train"]["lr_step_epochs"], paper["train"]["lr_gamma"]) == (16, 50, 0.1)
     assert paper["input_size"] == 224 and paper["student_baseline"]["epochs"] == 300
+    assert paper["data"]["source"] == "empiar" and paper["data"]["max_excluded_fraction"] == 0.01
+    assert paper["data"]["empiar"]["labelled"]["file"] == "data/cem_mitolab.zip"
     demo = load_config(REPO / "config.yaml", REPO / "demo.yaml")
     assert demo["data"]["source"] == "synthetic" and len(demo["seeds"]) == 2
 
@@ -22,7 +24,7 @@ def test_paper_and_demo_configs_are_valid():
     "mutate, expected",
     [
         (lambda c: c["split"].update(train=0.9), "must sum to 1"),
-        (lambda c: c["data"].update(source="ftp"), "'data.source' = 'ftp' is not allowed; allowed values: ['folder', 'synthetic']"),
+        (lambda c: c["data"].update(source="ftp"), "'data.source' = 'ftp' is not allowed; allowed values: ['empiar', 'folder', 'synthetic']"),
         (lambda c: c["train"].update(optimizer="lbfgs"), "'train.optimizer'"),
         (lambda c: c["train"].update(lr_schedule=3), "unknown config key(s) ['lr_schedule'] under 'train'"),
         (lambda c: c.update(sedes=[1]), "unknown config key(s) ['sedes'] under the top level"),
@@ -33,6 +35,12 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c.update(seeds=[1, 1]), "duplicates"),
         (lambda c: c["data"].update(source="folder", labelled_dir=None), "'data.labelled_dir' must be set"),
         (lambda c: c["teacher_pretrain"]["corruption"].update(p_bogus=0.5), "p_bogus"),
+        (lambda c: c["data"].update(source="folder", labelled_dir="x"), "'data.unlabelled_dir' must be set"),
+        (lambda c: c["split"].update(group_by="volume"), "'split.group_by' = 'volume' is not allowed"),
+        (lambda c: c["store"].update(pool_tile=128), "'store.pool_tile' = 128 must be at least 'input_size' = 224"),
+        (lambda c: c["data"]["empiar"]["labelled"].update(checksum="crc:00"), "'data.empiar.labelled.checksum'"),
+        (lambda c: c["data"]["empiar"].update(url_base="ftp.ebi.ac.uk"), "'data.empiar.url_base'"),
+        (lambda c: c["data"].update(max_excluded_fraction=1.5), "'data.max_excluded_fraction' = 1.5"),
     ],
 )
 def test_bad_values_name_the_key(paper_config, mutate, expected):

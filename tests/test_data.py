@@ -4,8 +4,11 @@ import pytest
 import tifffile
 import torch
 
-from emkt.data import (DataFileError, LabelledCrops, index_labelled, index_unlabelled, load_whole_images,
-                       normalise_image, random_crop, read_image, read_mask, read_split, split_index)
+from conftest import prepare_data
+from emkt.data import (ConversionError, DataFileError, LabelledCrops, find_labelled_root, normalise_image,
+                       random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8, to_labels)
+from emkt.indexing import build_index
+from emkt.store import LabelledStore
 
 
 def write_pair(root, source, name, shape=(40, 50), mask_shape=None):
@@ -19,20 +22,31 @@ def write_pair(root, source, name, shape=(40, 50), mask_shape=None):
     tifffile.imwrite(root / source / "masks" / name, mask)
 
 
-def test_index_and_split_on_the_real_fixture(shared_data):
-    index = index_labelled(shared_data / "cem_mitolab")
+def test_random_and_grouped_split_on_the_real_fixture(shared_data):
+    index, excluded = build_index(shared_data / "cem_mitolab", None)
+    assert excluded.empty
     assert len(index) == 26 and set(index["source"]) == {"cem_examples", "drosophila_vnc", "empanada_panoptic"}
-    assert {"path", "mask", "source", "height", "width"} <= set(index.columns)
-    assert (138, 224) in set(zip(index["height"], index["width"]))
     split = split_index(index, 0.8, 0.15, 0.05, seed=0)
-    counts = split["split"].value_counts().to_dict()
-    assert counts == {"train": 21, "val": 4, "test": 1}
-    again = split_index(index, 0.8, 0.15, 0.05, seed=0)
-    assert split["split"].tolist() == again["split"].tolist()
-    other = split_index(index, 0.8, 0.15, 0.05, seed=1)
-    assert split["split"].tolist() != other["split"].tolist()
-    pool = index_unlabelled(shared_data / "unlabelled")
-    assert len(pool) == 30 and set(pool["source"]) == {"cem_examples", "drosophila_vnc_stack2"}
+    assert split["split"].value_counts().to_dict() == {"train": 21, "val": 4, "test": 1}
+    assert split["split"].tolist() == split_index(index, 0.8, 0.15, 0.05, seed=0)["split"].tolist()
+    assert split["split"].tolist() != split_index(index, 0.8, 0.15, 0.05, seed=1)["split"].tolist()
+    grouped = split_index(index, 0.8, 0.15, 0.05, seed=0, group_by="source")
+    sources = grouped.groupby("split")["source"].unique()
+    # every source in exactly one split, and each split has one
+    assert sorted(s for split_sources in sources for s in split_sources) == sorted(set(index["source"]))
+    assert set(grouped["split"]) == {"train", "val", "test"}
+
+
+def test_grouped_split_meets_fractions_with_whole_sources():
+    index = pd.DataFrame({"source": [f"s{i // 10}" for i in range(200)]})  # 20 sources of 10 images
+    for seed in range(5):
+        grouped = split_index(index, 0.7, 0.2, 0.1, seed=seed, group_by="source")
+        assert grouped.groupby("source")["split"].nunique().max() == 1
+        assert grouped["split"].value_counts().to_dict() == {"train": 140, "val": 40, "test": 20}
+    with pytest.raises(ValueError, match="at least 3 sources"):
+        split_index(index.head(20), 0.7, 0.2, 0.1, 0, group_by="source")
+    with pytest.raises(ValueError, match="split.group_by"):
+        split_index(index, 0.7, 0.2, 0.1, 0, group_by="volume")
 
 
 def test_split_fractions_and_every_split_nonempty():
@@ -43,24 +57,33 @@ def test_split_fractions_and_every_split_nonempty():
     assert small == {"train": 3, "val": 1, "test": 1}
 
 
-def test_index_names_missing_mask_and_shape_mismatch(tmp_path):
-    write_pair(tmp_path, "a", "x.tiff")
-    write_pair(tmp_path, "a", "y.tiff", mask_shape=(40, 49))
-    (tmp_path / "a" / "images" / "z.tiff").write_bytes((tmp_path / "a" / "images" / "x.tiff").read_bytes())
-    with pytest.raises(DataFileError) as error:
-        index_labelled(tmp_path)
-    text = str(error.value)
-    assert "2 labelled file(s)" in text and "y.tiff" in text and "z.tiff: no mask" in text
+def test_conversions_to_grey_uint8():
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 30
+    grey, note = to_grey_uint8(rgb)
+    assert grey.shape == (4, 5) and grey.dtype == np.uint8 and (grey == 10).all() and note == "rgb->grey"
+    wide = np.array([[1000, 2000], [3000, 1000]], np.uint16)
+    grey, note = to_grey_uint8(wide)
+    assert grey.tolist() == [[0, 128], [255, 0]] and note == "uint16->uint8 min-max"
+    same = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert to_grey_uint8(same)[0] is same and to_grey_uint8(same)[1] == ""
+    assert to_grey_uint8(same[None])[0].shape == (2, 3)  # a single page is squeezed
+    with pytest.raises(ConversionError, match="expected a 2D image") as error:
+        to_grey_uint8(np.zeros((3, 8, 8), np.uint8))
+    assert error.value.reason == "not_2d"
+    with pytest.raises(ConversionError) as error:
+        to_grey_uint8(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    assert error.value.reason == "non_finite"
+    assert to_labels(np.array([[0.0, 2.0], [1.0, 0.0]])).tolist() == [[0, 2], [1, 0]]
+    with pytest.raises(ConversionError):
+        to_labels(np.array([[0.5, 1.0], [0.0, 0.0]]))
 
 
 def test_readers(tmp_path):
     tifffile.imwrite(tmp_path / "rgb.tif", np.full((8, 9, 3), 255, dtype=np.uint8))
     assert read_image(tmp_path / "rgb.tif").shape == (8, 9)
-    tifffile.imwrite(tmp_path / "u16.tif", np.full((4, 4), 65535, dtype=np.uint16))
+    tifffile.imwrite(tmp_path / "u16.tif", np.array([[0, 65535]], dtype=np.uint16))
     assert read_image(tmp_path / "u16.tif").max() == pytest.approx(1.0)
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 8, 8), dtype=np.uint8), photometric="minisblack")
-    with pytest.raises(DataFileError, match="expected a 2D image"):
-        read_image(tmp_path / "stack.tif")
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(DataFileError, match="bad.tif: unreadable TIFF"):
         read_image(tmp_path / "bad.tif")
@@ -70,6 +93,12 @@ def test_readers(tmp_path):
     assert z.mean() == pytest.approx(0, abs=1e-6) and z.std() == pytest.approx(1, abs=1e-5)
 
 
+def test_labelled_root_is_found_inside_an_archive_folder(tmp_path):
+    write_pair(tmp_path / "cem_mitolab", "a", "x.tiff")
+    assert find_labelled_root(tmp_path) == tmp_path / "cem_mitolab"
+    assert find_labelled_root(tmp_path / "cem_mitolab") == tmp_path / "cem_mitolab"
+
+
 def test_random_crop_pads_small_images():
     rng = np.random.default_rng(0)
     image, mask = random_crop([np.ones((10, 40), np.float32), np.ones((10, 40), np.uint8)], 16, rng)
@@ -77,27 +106,37 @@ def test_random_crop_pads_small_images():
     assert mask[:3].sum() == 0 and mask[3:13].all()  # zero padding above and below the 10 rows
 
 
-def test_labelled_crops_are_deterministic_per_epoch(tmp_path):
+def test_labelled_crops_are_deterministic_per_epoch_and_normalised_like_whole_images(tmp_path, tiny_config):
     for i in range(3):
-        write_pair(tmp_path, "s", f"{i}.tiff")
-    table = index_labelled(tmp_path)
-    crops = LabelledCrops(table, 16, seed=5, crops_per_image=2)
+        write_pair(tmp_path / "data", "s", f"{i}.tiff")
+    files = prepare_data(tmp_path / "data", None, tmp_path / "store", tiny_config)
+    store = LabelledStore(files.labelled)
+    crops = LabelledCrops(store, [0, 1, 2], 24, seed=5, crops_per_image=2)
     assert len(crops) == 6
     first = crops[1]
-    assert first["image"].shape == (1, 16, 16) and first["mask"].shape == (1, 16, 16)
-    assert torch.equal(LabelledCrops(table, 16, seed=5, crops_per_image=2)[1]["image"], first["image"])
+    assert first["image"].shape == (1, 24, 24) and first["mask"].shape == (1, 24, 24)
+    assert torch.equal(LabelledCrops(store, [0, 1, 2], 24, seed=5, crops_per_image=2)[1]["image"], first["image"])
     crops.set_epoch(1)
     assert not torch.equal(crops[1]["image"], first["image"])
+    # a crop is z-scored with its whole image's statistics: a full-height crop matches a window
+    whole = normalise_image(store.image(1))
+    row = LabelledCrops(store, [0, 1, 2], 40, seed=5)[1]["image"][0].numpy()
+    matches = [np.allclose(row, whole[:, left:left + 40], atol=1e-5) for left in range(11)]
+    assert any(matches)
 
 
-def test_read_split_and_whole_images(tmp_path):
+def test_read_split_and_whole_images(tmp_path, tiny_config):
     for i in range(4):
-        write_pair(tmp_path, "s", f"{i}.tiff")
-    split = split_index(index_labelled(tmp_path), 0.5, 0.25, 0.25, 0)
-    split.to_csv(tmp_path / "split.csv", index=False)
-    test = read_split(tmp_path / "split.csv", "test")
-    items = load_whole_images(test)
+        write_pair(tmp_path / "data", "s", f"{i}.tiff")
+    files = prepare_data(tmp_path / "data", None, tmp_path / "store", tiny_config)
+    items = files.split_items("test")
     assert len(items) == 1 and items[0]["image"].shape == (40, 50) and set(np.unique(items[0]["mask"])) == {0, 1}
-    pd.DataFrame({"path": ["a"], "mask": ["b"], "source": ["s"], "split": ["train"]}).to_csv(tmp_path / "t.csv", index=False)
+    test = read_split(files.split, "test")
+    assert items[0]["name"] == f"s/{test['path'][0].split('/')[-1]}"
+    pd.DataFrame({"id": [0], "path": ["a"], "mask": ["b"], "source": ["s"], "split": ["train"]}).to_csv(
+        tmp_path / "t.csv", index=False)
     with pytest.raises(DataFileError, match="'test' split is empty"):
         read_split(tmp_path / "t.csv", "test")
+    pd.DataFrame({"path": ["a"], "split": ["test"]}).to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(DataFileError, match="lacks columns"):
+        read_split(tmp_path / "old.csv", "test")

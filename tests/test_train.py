@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from emkt.data import index_labelled, index_unlabelled, split_index
+from conftest import REPO, TINY, merged, prepare_data
+from emkt.config import load_config
 from emkt.runtime import seed_everything
 from emkt.synthetic import generate_labelled_set, generate_unlabelled_pool
 from emkt.train import (EpochSampler, check_finite, expand_student, joint_train, pretrain_teacher,
@@ -18,9 +19,8 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate_labelled_set(root / "labelled", 2, 6, (48, 48), seed=1)
     generate_unlabelled_pool(root / "pool", 16, (48, 48), seed=2)
-    split = split_index(index_labelled(root / "labelled"), 0.6, 0.2, 0.2, 0)
-    split.to_csv(root / "split.csv", index=False)
-    return {"split": root / "split.csv", "pool": index_unlabelled(root / "pool")["path"].tolist()}
+    config = merged(load_config(REPO / "config.yaml"), TINY)
+    return prepare_data(root / "labelled", root / "pool", root / "store", config)
 
 
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -32,7 +32,7 @@ def test_baseline_is_deterministic_on_cpu(tiny_config, tiny_data, tmp_path):
     runs = []
     for name in ("a", "b"):
         seed_everything(0)
-        runs.append(train_student_baseline(tiny_config, 0, tiny_data["split"], tmp_path / f"{name}.csv", CPU))
+        runs.append(train_student_baseline(tiny_config, 0, tiny_data, tmp_path / f"{name}.csv", CPU))
     assert state_equal(*runs)
     first, second = (pd.read_csv(tmp_path / f"{n}.csv").drop(columns="seconds") for n in ("a", "b"))
     pd.testing.assert_frame_equal(first, second)
@@ -43,18 +43,18 @@ def test_baseline_is_deterministic_on_cpu(tiny_config, tiny_data, tmp_path):
 def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     torch.set_num_threads(1)
     seed_everything(1)
-    teacher = pretrain_teacher(tiny_config, 1, tiny_data["split"], tmp_path / "pre.csv", CPU)
+    teacher = pretrain_teacher(tiny_config, 1, tiny_data, tmp_path / "pre.csv", CPU)
     pre = pd.read_csv(tmp_path / "pre.csv")
     assert {"train_mse", "val_mse", "val_mae", "val_spearman", "lr", "seconds"} <= set(pre.columns)
     pretrained_state = {k: v.clone() for k, v in teacher.state_dict().items()}
 
-    teacher, student = joint_train(tiny_config, 1, tiny_data["split"], teacher, tmp_path / "joint.csv", CPU)
+    teacher, student = joint_train(tiny_config, 1, tiny_data, teacher, tmp_path / "joint.csv", CPU)
     joint = pd.read_csv(tmp_path / "joint.csv")
     assert {"train_bce", "train_teacher_predicted", "train_teacher_mse", "val_iou", "val_teacher_mae"} <= set(joint.columns)
     assert any(not torch.equal(v, teacher.state_dict()[k]) for k, v in pretrained_state.items())
 
     joint_state = {k: v.clone() for k, v in student.state_dict().items()}
-    expanded = expand_student(tiny_config, 1, tiny_data["split"], tiny_data["pool"], student, teacher,
+    expanded = expand_student(tiny_config, 1, tiny_data, student, teacher,
                               tmp_path / "expand.csv", CPU)
     history = pd.read_csv(tmp_path / "expand.csv")
     assert list(history["epoch"]) == [1, 2] and "train_teacher_predicted" in history

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, merged
+from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
 
@@ -61,12 +63,17 @@ def test_lint_is_clean():
 
 
 def test_paper_config_plans_every_stage_per_seed(tmp_path):
-    """The paper's DAG (5 seeds, folder data) resolves without data present."""
+    """The paper's DAG (5 seeds, EMPIAR data) resolves before anything is downloaded."""
     result = snakemake(tmp_path, {}, "-n")
     jobs = planned_jobs(result.stdout + result.stderr)
     assert jobs["pretrain_teacher"] == jobs["train_student_baseline"] == jobs["joint_train"] == jobs["expand_student"] == 5
     assert jobs["evaluate_student"] == 15 and jobs["evaluate_teacher"] == 10
+    assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
+    assert jobs["pack_labelled_shard"] == 8 and jobs["pack_pool_shard"] == 64 and jobs["store_manifest"] == 2
     assert "generate_synthetic_data" not in jobs
+    folder = snakemake(tmp_path, {"data": {"source": "folder", "labelled_dir": "lab", "unlabelled_dir": "pool"}}, "-n")
+    jobs = planned_jobs(folder.stdout + folder.stderr)
+    assert "download_archive" not in jobs and jobs["index_data"] == 1 and jobs["pack_pool_shard"] == 64
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):
@@ -78,8 +85,13 @@ def test_bad_config_fails_with_the_key_named(tmp_path):
 def test_demo_dag_produces_table_and_figures(demo_run):
     results = demo_run / "results"
     split = pd.read_csv(results / "splits" / "datasplit.csv")
-    assert {"path", "source", "split"} <= set(split.columns)
+    assert {"id", "path", "mask", "source", "split"} <= set(split.columns)
     assert set(split["split"]) == {"train", "val", "test"}
+    index = pd.read_csv(results / "data" / "index.csv")
+    assert index["set"].value_counts().to_dict() == {"unlabelled": 24, "labelled": 16}
+    assert pd.read_csv(results / "data" / "excluded.csv").empty
+    assert {p.name for p in (results / "store" / "pool").iterdir()} == {
+        "shard-00000.npy", "shard-00000.origin.npy", "shard-00001.npy", "shard-00001.origin.npy"}
     summary = pd.read_csv(results / "tables" / "summary.csv")
     students = summary[summary["model"] == "student"]
     assert set(students["condition"]) == {"baseline", "joint", "expanded"}
@@ -116,28 +128,66 @@ def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_r
     assert "nothing to be done" in (again.stdout + again.stderr).lower()
 
 
-def test_real_em_fixture_runs_through_the_whole_dag(tmp_path, shared_data):
-    config = merged(TINY, {
-        "seeds": [0],
-        "data": {"source": "folder", "labelled_dir": str(shared_data / "cem_mitolab"),
-                 "unlabelled_dir": str(shared_data / "unlabelled")},
-        "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0},
-        "input_size": 64,
-        "student": {"patch_size": 16},
-        "train": {"pos_weight": 5.0},
-        "teacher_pretrain": {"epochs": 1},
-        "student_baseline": {"epochs": 1},
-        "joint": {"epochs": 1},
-        "expand": {"epochs": 1, "images_per_epoch": 8},
-    })
-    snakemake(tmp_path, config)
-    results = tmp_path / "results"
+def zip_tree(folder: Path, archive: Path, top: str) -> Path:
+    """A zip of ``folder``'s files under the top folder ``top``/, like the EMPIAR archives."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                handle.write(path, f"{top}/{path.relative_to(folder)}")
+    return archive
+
+
+@pytest.fixture
+def empiar_mirror(tmp_path, shared_data):
+    """The real-EM fixture served as the two EMPIAR archives by a real HTTP server on loopback."""
+    root = tmp_path / "mirror"
+    zip_tree(shared_data / "cem_mitolab", root / "11037" / "data" / "cem_mitolab.zip", "cem_mitolab")
+    zip_tree(shared_data / "unlabelled", root / "11035" / "data" / "cem1.5m.zip", "cem1.5m")
+    with LoopbackServer(root) as server:
+        yield server
+
+
+FIXTURE_RUN = merged(TINY, {
+    "seeds": [0],
+    "data": {"source": "empiar", "max_excluded_fraction": 0.0},
+    "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "group_by": "source"},
+    "store": {"labelled_shards": 2, "pool_shards": 3, "pool_tile": 224},
+    "input_size": 64,
+    "student": {"patch_size": 16},
+    "train": {"pos_weight": 5.0},
+    "teacher_pretrain": {"epochs": 1},
+    "student_baseline": {"epochs": 1},
+    "joint": {"epochs": 1},
+    "expand": {"epochs": 1, "images_per_epoch": 8},
+})
+
+
+def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_the_whole_dag(tmp_path, empiar_mirror):
+    """download (cut mid-way, resumed) -> extract -> index -> pack -> grouped split -> training from the store."""
+    pool_zip = "/11035/data/cem1.5m.zip"
+    empiar_mirror.cut_after[pool_zip] = 3_000_000
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    snakemake(workdir, merged(FIXTURE_RUN, {"data": {"empiar": {"url_base": empiar_mirror.url, "retries": 3}}}))
+    assert [r for r in empiar_mirror.requests if r[0] == pool_zip] == [(pool_zip, None), (pool_zip, "bytes=3000000-")]
+    for name in ("cem_mitolab", "cem1.5m"):
+        assert (workdir / "data" / "downloads" / f"{name}.zip").read_bytes() == \
+            (empiar_mirror.root / ("11037" if name == "cem_mitolab" else "11035") / "data" / f"{name}.zip").read_bytes()
+    assert not list((workdir / "data" / "downloads").glob("*.part"))
+    results = workdir / "results"
+    index = pd.read_csv(results / "data" / "index.csv")
+    assert index["set"].value_counts().to_dict() == {"unlabelled": 30, "labelled": 26}
+    assert index["path"].str.startswith("data/").all()
     split = pd.read_csv(results / "splits" / "datasplit.csv")
-    assert len(split) == 26 and split["path"].str.contains("em-mito-mini").all()
+    assert len(split) == 26 and split.groupby("source")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
+    manifest = yaml.safe_load((results / "store" / "pool.json").read_text())
+    assert manifest["images"] == 10 + 20 * 25 and len(manifest["shards"]) == 3
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert set(summary[summary["model"] == "student"]["condition"]) == {"baseline", "joint", "expanded"}
-    assert len(pd.read_csv(results / "data" / "unlabelled.csv")) == 30
     per_image = pd.read_csv(results / "eval" / "student_baseline_0_per_image.csv")
     assert len(per_image) == (split["split"] == "test").sum()
+    assert "epoch 1/1" in (results / "logs" / "expand_student" / "0.log").read_text()
     for figure in FIGURES:
         assert (results / "figures" / figure).is_file()

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import __version__
 from .models import build_student, build_teacher
-from .runtime import atomic_path
+from .files import atomic_path
 
 FORMAT_VERSION = 1
 KINDS = ("student", "teacher")

@@ -91,8 +91,12 @@ def _semantic_problems(config: dict) -> list[str]:
             f"config key 'input_size' = {size} must be divisible by the product of 'teacher.strides' = {downsampling}"
         )
     source = config["data"]["source"]
-    if source == "folder" and not config["data"]["labelled_dir"]:
-        problems.append("config key 'data.labelled_dir' must be set when 'data.source' is 'folder'")
+    for key in ("labelled_dir", "unlabelled_dir"):
+        if source == "folder" and not config["data"][key]:
+            problems.append(f"config key 'data.{key}' must be set when 'data.source' is 'folder'")
+    if config["store"]["pool_tile"] < size:
+        problems.append(f"config key 'store.pool_tile' = {config['store']['pool_tile']} must be at least "
+                        f"'input_size' = {size} (expansion crops input_size windows from pool tiles)")
     if len(set(config["seeds"])) != len(config["seeds"]):
         problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
     return problems

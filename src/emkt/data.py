@@ -1,15 +1,18 @@
-"""Reading EM images and masks, indexing the CEM-MitoLab layout, splitting, and datasets.
+"""Reading EM images and masks, splitting, and the training datasets.
 
-Layout read here (CEM-MitoLab, EMPIAR-11037):
+Layout read by emkt.indexing (CEM-MitoLab, EMPIAR-11037):
     <labelled_dir>/<source>/images/<name>.tif(f)   2D grey image
     <labelled_dir>/<source>/masks/<name>.tif(f)    2D instance (or binary) labels, 0 = background
 and an unlabelled pool (CEM1.5M, EMPIAR-11035): any tree of 2D TIFF images.
+
+Images reach training through the packed store (emkt.store); the readers here are what
+indexing, packing and prediction of new images share, so all of them see the same pixels.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,42 +22,92 @@ from torch.utils.data import Dataset
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SPLITS = ("train", "val", "test")
+SPLIT_GROUPINGS = ("none", "source")
 
 
 class DataFileError(ValueError):
     """An input file is missing, unreadable or of an unexpected shape."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a 2D grey image as float32 in [0, 1]; RGB is averaged to grey, 16-bit rescaled."""
-    array = _read_tiff(path)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].mean(axis=-1)
-    if array.ndim != 2:
-        raise DataFileError(f"{path}: expected a 2D image, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.integer):
-        scale = np.iinfo(array.dtype).max if array.dtype != np.uint8 else 255
-        return array.astype(np.float32) / float(scale)
-    array = array.astype(np.float32)
-    low, high = float(array.min()), float(array.max())
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+class ConversionError(DataFileError):
+    """A readable file whose content cannot be used; ``reason`` is a short code for excluded.csv."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a 2D instance or binary mask as a {0, 1} uint8 array (any label > 0 is foreground)."""
-    array = _read_tiff(path)
-    if array.ndim != 2:
-        raise DataFileError(f"{path}: expected a 2D mask, got shape {array.shape}")
-    return (array > 0).astype(np.uint8)
-
-
-def _read_tiff(path: str | Path) -> np.ndarray:
+def read_tiff(path: str | Path) -> np.ndarray:
+    """The first series of a TIFF file; unreadable or truncated files raise DataFileError."""
     try:
         return tifffile.imread(path)
     except FileNotFoundError:
         raise DataFileError(f"{path}: file not found") from None
     except Exception as error:  # tifffile raises many types for truncated or foreign files
         raise DataFileError(f"{path}: unreadable TIFF ({error})") from error
+
+
+def _squeeze_2d(array: np.ndarray, path: str | Path, what: str, allow_rgb: bool) -> np.ndarray:
+    """Drop leading singleton axes and a single trailing channel; a 3D stack (or RGB where
+    not allowed) is an error."""
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    rgb = allow_rgb and array.ndim == 3 and array.shape[-1] in (3, 4)
+    if array.ndim != 2 and not rgb:
+        raise ConversionError(f"{path}: expected a 2D {what}, got shape {array.shape}", "not_2d")
+    return array
+
+
+def to_grey_uint8(array: np.ndarray, path: str | Path = "<array>") -> tuple[np.ndarray, str]:
+    """A 2D uint8 grey image and a note of what was converted ("" when nothing was).
+
+    RGB(A) is averaged to grey; any dtype other than uint8 is rescaled per image from its
+    min-max to 0-255. Per-image z-scoring follows anyway, so the rescale only sets the
+    quantisation (8 bits, as EM images are acquired).
+    """
+    array = _squeeze_2d(array, path, "image", allow_rgb=True)
+    dtype, notes = array.dtype, []
+    if array.ndim == 3:
+        notes.append("rgb->grey")
+        array = array[..., :3].astype(np.float64).mean(axis=-1)
+        if dtype == np.uint8:
+            return np.rint(array).astype(np.uint8), notes[0]
+    elif dtype == np.uint8:
+        return array, ""
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ConversionError(f"{path}: image has NaN or infinite values", "non_finite")
+    low, high = values.min(), values.max()
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    notes.append(f"{dtype}->uint8 min-max")
+    return np.rint(scaled).astype(np.uint8), "; ".join(notes)
+
+
+def to_labels(array: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    """A 2D integer label image (0 = background); float masks must hold whole numbers."""
+    array = _squeeze_2d(array, path, "mask", allow_rgb=False)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise ConversionError(f"{path}: mask holds non-integer labels", "not_labels")
+        array = array.astype(np.int64)
+    if array.min() < 0:
+        raise ConversionError(f"{path}: mask holds negative labels", "not_labels")
+    return array
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A 2D grey image as float32 in [0, 1], converted exactly as the packed store does."""
+    image, _ = to_grey_uint8(read_tiff(path), path)
+    return image.astype(np.float32) / 255.0
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A 2D instance or binary mask as a {0, 1} uint8 array (any label > 0 is foreground)."""
+    return (to_labels(read_tiff(path), path) > 0).astype(np.uint8)
 
 
 def normalise_image(image: np.ndarray) -> np.ndarray:
@@ -66,68 +119,40 @@ def normalise_image(image: np.ndarray) -> np.ndarray:
     return (image - image.mean()) / max(float(image.std()), 1e-6)
 
 
-def _tiff_shape(path: Path) -> tuple[int, int]:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
-    except Exception as error:
-        raise DataFileError(f"{path}: unreadable TIFF ({error})") from error
-    return int(shape[0]), int(shape[1])
+def find_labelled_root(folder: str | Path, depth: int = 3) -> Path:
+    """The folder whose sub-folders hold ``images/``: ``folder`` itself, or the single
+    sub-folder an archive wraps it in (e.g. ``cem_mitolab/`` inside the extracted zip)."""
+    folder = Path(folder)
+    for _ in range(depth):
+        children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
+        if any((child / "images").is_dir() for child in children) or len(children) != 1:
+            return folder
+        folder = children[0]
+    return folder
 
 
-def _tiffs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
+def split_index(index: pd.DataFrame, train: float, val: float, test: float, seed: int,
+                group_by: str = "none") -> pd.DataFrame:
+    """Seeded split; adds a ``split`` column.
 
-
-def index_labelled(root: str | Path) -> pd.DataFrame:
-    """One row per labelled image: path, mask, source, name, height, width.
-
-    Every image needs a mask of the same name and shape; the first offending files are named.
+    ``group_by='none'`` splits images at random (the paper). ``'source'`` keeps every source
+    data set (volume) in one split, so test images come from volumes never seen in training.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataFileError(f"{root}: labelled data folder not found (config key 'data.labelled_dir')")
-    rows, problems = [], []
-    for source_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        image_dir, mask_dir = source_dir / "images", source_dir / "masks"
-        if not image_dir.is_dir():
-            continue
-        for image in _tiffs(image_dir):
-            mask = mask_dir / image.name
-            if not mask.is_file():
-                problems.append(f"{image}: no mask {mask}")
-                continue
-            shape, mask_shape = _tiff_shape(image), _tiff_shape(mask)
-            if shape != mask_shape:
-                problems.append(f"{image}: shape {shape} differs from its mask's {mask_shape}")
-                continue
-            rows.append({"path": str(image), "mask": str(mask), "source": source_dir.name,
-                         "name": image.stem, "height": shape[0], "width": shape[1]})
-    if problems:
-        raise DataFileError(f"{len(problems)} labelled file(s) are unusable:\n  " + "\n  ".join(problems[:10]))
-    if not rows:
-        raise DataFileError(f"{root}: no <source>/images/*.tif(f) with masks found")
-    return pd.DataFrame(rows)
+    if group_by not in SPLIT_GROUPINGS:
+        raise ValueError(f"config key 'split.group_by' = {group_by!r}; allowed: {', '.join(SPLIT_GROUPINGS)}")
+    out = index.copy()
+    if group_by == "source":
+        out["split"] = _split_groups(index["source"].astype(str), (train, val, test), seed)
+    else:
+        out["split"] = _split_items(len(index), (train, val, test), seed)
+    return out
 
 
-def index_unlabelled(root: str | Path) -> pd.DataFrame:
-    """One row per unlabelled image (found recursively): path, source (first sub-folder)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataFileError(f"{root}: unlabelled data folder not found (config key 'data.unlabelled_dir')")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
-    if not paths:
-        raise DataFileError(f"{root}: no TIFF images found")
-    sources = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in paths]
-    return pd.DataFrame({"path": [str(p) for p in paths], "source": sources})
-
-
-def split_index(index: pd.DataFrame, train: float, val: float, test: float, seed: int) -> pd.DataFrame:
-    """Seeded random split; adds a ``split`` column. Each split gets at least one image
-    when there are at least three, so tiny data sets still run the whole pipeline."""
-    n = len(index)
-    n_test = int(round(test * n))
-    n_val = int(round(val * n))
+def _split_items(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Random split of n items; each split gets at least one item when there are at least
+    three, so tiny data sets still run the whole pipeline."""
+    train, val, test = fractions
+    n_test, n_val = int(round(test * n)), int(round(val * n))
     if n >= 3:
         n_test = max(n_test, 1) if test > 0 else 0
         n_val = max(n_val, 1) if val > 0 else 0
@@ -139,15 +164,39 @@ def split_index(index: pd.DataFrame, train: float, val: float, test: float, seed
     labels[order[:n_train]] = "train"
     labels[order[n_train:n_train + n_val]] = "val"
     labels[order[n_train + n_val:]] = "test"
-    out = index.copy()
-    out["split"] = labels
-    return out
+    return labels
+
+
+def _split_groups(groups: pd.Series, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Whole groups per split: groups in seeded random order each go to the split furthest
+    below its target image count; val and test get at least one group if their fraction > 0."""
+    sizes = groups.value_counts().sort_index()
+    wanted = [split for split, fraction in zip(SPLITS, fractions) if fraction > 0]
+    if len(sizes) < len(wanted):
+        raise ValueError(f"split.group_by: source needs at least {len(wanted)} sources for non-empty "
+                         f"{'/'.join(wanted)} splits, found {len(sizes)}: {', '.join(map(str, sizes.index))}")
+    order = sizes.index[np.random.default_rng(seed).permutation(len(sizes))]
+    targets = {split: fraction * sizes.sum() for split, fraction in zip(SPLITS, fractions)}
+    counts = dict.fromkeys(SPLITS, 0)
+    assigned: dict[str, str] = {}
+    # Seed val and test with one group each (the smallest, so train keeps most data).
+    for split in [s for s in ("test", "val") if s in wanted]:
+        group = min((g for g in order if g not in assigned), key=lambda g: (sizes[g], list(order).index(g)))
+        assigned[group], counts[split] = split, counts[split] + sizes[group]
+    for group in order:
+        if group in assigned:
+            continue
+        split = max(wanted, key=lambda s: (targets[s] - counts[s]) / max(targets[s], 1e-9))
+        assigned[group], counts[split] = split, counts[split] + sizes[group]
+    if "train" in wanted and counts["train"] == 0:
+        raise ValueError("split.group_by: source left no source for training; add sources or lower split.val/test")
+    return groups.map(assigned).to_numpy(dtype=object)
 
 
 def read_split(path: str | Path, split: str) -> pd.DataFrame:
     """Rows of one split from the split CSV, the single source of truth for later rules."""
     table = pd.read_csv(path)
-    missing = {"path", "mask", "source", "split"} - set(table.columns)
+    missing = {"id", "path", "mask", "source", "split"} - set(table.columns)
     if missing:
         raise DataFileError(f"{path}: split file lacks columns {sorted(missing)}")
     rows = table[table["split"] == split].reset_index(drop=True)
@@ -186,51 +235,50 @@ class _EpochSeeded(Dataset):
 
 
 class LabelledCrops(_EpochSeeded):
-    """Random training crops of labelled images: {"image": (1,S,S), "mask": (1,S,S)} tensors."""
+    """Random training crops of labelled images: {"image": (1,S,S), "mask": (1,S,S)} tensors.
 
-    def __init__(self, table: pd.DataFrame, size: int, seed: int, crops_per_image: int = 1,
-                 cache: bool = True, transform: Callable | None = None) -> None:
+    ``store`` is an emkt.store.LabelledStore; ``ids`` the store ids of the training split.
+    Crops are z-scored with their whole image's statistics, as evaluation normalises whole images.
+    """
+
+    def __init__(self, store, ids: Sequence[int], size: int, seed: int, crops_per_image: int = 1,
+                 transform: Callable | None = None) -> None:
         super().__init__(seed)
-        self.images, self.masks = list(table["path"]), list(table["mask"])
+        self.store, self.ids = store, [int(i) for i in ids]
         self.size, self.crops_per_image, self.transform = size, crops_per_image, transform
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
-        return len(self.images) * self.crops_per_image
-
-    def load(self, item: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image and binary mask of labelled image ``item``."""
-        if self._cache is not None and item in self._cache:
-            return self._cache[item]
-        pair = normalise_image(read_image(self.images[item])), read_mask(self.masks[item])
-        if pair[0].shape != pair[1].shape:
-            raise DataFileError(f"{self.images[item]}: shape {pair[0].shape} differs from its mask's {pair[1].shape}")
-        if self._cache is not None:
-            self._cache[item] = pair
-        return pair
+        return len(self.ids) * self.crops_per_image
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        image, mask = random_crop(list(self.load(index % len(self.images))), self.size, rng)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None].float(),
+        image_id = self.ids[index % len(self.ids)]
+        mean, std = self.store.stats(image_id)
+        image, mask = random_crop([self.store.image(image_id), self.store.labels(image_id) > 0], self.size, rng)
+        image = (image.astype(np.float32) - mean) / max(std, 1e-6)
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
                   "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float()}
         return _augment(self.transform, sample, rng)
 
 
-class UnlabelledCrops(_EpochSeeded):
-    """Random crops of unlabelled images, read from disk on demand (the pool does not fit in memory)."""
+class PoolCrops(_EpochSeeded):
+    """Random crops of unlabelled pool tiles (an emkt.store.TileStore), each tile z-scored
+    on its own; read from disk on demand, so memory does not grow with the pool."""
 
-    def __init__(self, paths: list[str], size: int, seed: int, transform: Callable | None = None) -> None:
+    def __init__(self, store, size: int, seed: int, transform: Callable | None = None) -> None:
         super().__init__(seed)
-        self.paths, self.size, self.transform = list(paths), size, transform
+        if store.tile < size:
+            raise ValueError(f"pool tiles of {store.tile} px are smaller than input_size {size}; "
+                             "raise store.pool_tile and repack")
+        self.store, self.size, self.transform = store, size, transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.store)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        (image,) = random_crop([normalise_image(read_image(self.paths[index]))], self.size, rng)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None].float()}
+        (image,) = random_crop([normalise_image(self.store.tile_at(index))], self.size, rng)
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None]}
         return _augment(self.transform, sample, rng)
 
 
@@ -245,13 +293,12 @@ def _augment(transform: Callable | None, sample: dict[str, torch.Tensor],
     return {key: out[key] for key in sample}
 
 
-def load_whole_images(table: pd.DataFrame) -> list[dict]:
-    """Whole normalised images with masks for validation and testing: name, source, image, mask."""
+def load_whole_images(table: pd.DataFrame, store) -> list[dict]:
+    """Whole normalised images with binary masks for validation and testing, from the
+    labelled store by the split's ids: name, source, image, mask."""
     items = []
     for row in table.itertuples():
-        image, mask = normalise_image(read_image(row.path)), read_mask(row.mask)
-        if image.shape != mask.shape:
-            raise DataFileError(f"{row.path}: shape {image.shape} differs from its mask's {mask.shape}")
         items.append({"name": f"{row.source}/{Path(row.path).name}", "source": row.source,
-                      "image": image, "mask": mask})
+                      "image": normalise_image(store.image(row.id)),
+                      "mask": (store.labels(row.id) > 0).astype(np.uint8)})
     return items

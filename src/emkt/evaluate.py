@@ -12,6 +12,7 @@ from torch import nn
 
 from .losses import per_image_bce
 from .metrics import SegmentationMeter, teacher_agreement
+from .store import edge_flush_starts
 
 
 @torch.no_grad()
@@ -45,16 +46,6 @@ def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, ove
     return meter.compute(), meter.per_image(), probs
 
 
-def tile_starts(length: int, size: int) -> list[int]:
-    """Window starts covering ``[0, length)``; the last window ends flush with the edge."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, size))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
-
-
 def tiles(arrays: list[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Non-overlapping (but edge-flush) ``size`` x ``size`` tiles of same-shaped arrays, zero-padded if smaller."""
     height, width = arrays[0].shape
@@ -62,8 +53,8 @@ def tiles(arrays: list[np.ndarray], size: int) -> Iterator[tuple[int, list[np.nd
     if any(p[1] for p in pad):
         arrays = [np.pad(a, pad) for a in arrays]
     index = 0
-    for top in tile_starts(height, size):
-        for left in tile_starts(width, size):
+    for top in edge_flush_starts(height, size):
+        for left in edge_flush_starts(width, size):
             yield index, [a[top:top + size, left:left + size] for a in arrays]
             index += 1
 

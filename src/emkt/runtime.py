@@ -1,16 +1,13 @@
-"""Process-level setup: seeds, threads, device choice, atomic file writes."""
+"""Process-level setup: seeds, threads, device choice."""
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+
 
 
 def select_device(choice: str) -> torch.device:
@@ -37,22 +34,3 @@ def set_threads(threads: int) -> None:
     """Use exactly the cores the scheduler gave this job, so parallel jobs do not oversubscribe."""
     torch.set_num_threads(max(1, int(threads)))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
-
-    A job killed mid-write leaves no half-written file under the final name, so Snakemake
-    and later rules never mistake it for a finished output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .augment import MaskCorruptor, train_augmentation
-from .data import LabelledCrops, UnlabelledCrops, load_whole_images, random_crop, read_split
+from .data import LabelledCrops, PoolCrops, load_whole_images, random_crop, read_split
 from .evaluate import evaluate_segmenter, summarise_teacher, teacher_predictions
 from .losses import per_image_bce, per_image_bce_with_logits
 from .models import build_student, build_teacher, freeze
-from .runtime import atomic_path
+from .store import LabelledStore, TileStore
+from .files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size)
-        return iter(order[: self.limit].tolist())
+        # A generator, not a list: a Python int per pool image would be ~60 MB at 1.6 M.
+        return (int(i) for i in order[: self.limit])
 
     def __len__(self) -> int:
         return self.limit
@@ -194,6 +196,20 @@ def progress(iterable, stage: str, epoch: int):
 
 # ---------------------------------------------------------------- shared pieces of the stages
 
+@dataclass(frozen=True)
+class DataFiles:
+    """What the stages read: the split CSV (the single source of truth for which image is
+    in which split) and the packed stores' manifests (emkt.store)."""
+
+    split: str | Path
+    labelled: str | Path
+    pool: str | Path | None = None
+
+    def split_items(self, split: str) -> list[dict]:
+        """Whole normalised images and masks of one split, for validation or testing."""
+        return load_whole_images(read_split(self.split, split), LabelledStore(self.labelled))
+
+
 @dataclass
 class StageData:
     """What every stage reads: training crops and whole validation images."""
@@ -202,13 +218,11 @@ class StageData:
     val_items: list[dict]
 
 
-def labelled_data(cfg: dict, seed: int, split_csv: str | Path, device: torch.device) -> StageData:
-    size = cfg["input_size"]
+def labelled_data(cfg: dict, seed: int, files: DataFiles, device: torch.device) -> StageData:
     transform = train_augmentation(seed) if cfg["train"]["augment"] else None
-    crops = LabelledCrops(read_split(split_csv, "train"), size, seed,
-                          crops_per_image=cfg["loader"]["crops_per_image"],
-                          cache=cfg["loader"]["cache_labelled"], transform=transform)
-    return StageData(make_loader(crops, cfg, seed, device), load_whole_images(read_split(split_csv, "val")))
+    crops = LabelledCrops(LabelledStore(files.labelled), read_split(files.split, "train")["id"], cfg["input_size"],
+                          seed, crops_per_image=cfg["loader"]["crops_per_image"], transform=transform)
+    return StageData(make_loader(crops, cfg, seed, device), files.split_items("val"))
 
 
 def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
@@ -262,11 +276,11 @@ def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], bat
             "spearman": agreement["spearman"]}
 
 
-def pretrain_teacher(cfg: dict, seed: int, split_csv: str | Path, history_path: str | Path,
+def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
                      device: torch.device) -> nn.Module:
     """Teach the teacher to predict BCE(corrupted GT, GT) from (image, corrupted GT)."""
     stage_cfg = cfg["teacher_pretrain"]
-    data = labelled_data(cfg, seed, split_csv, device)
+    data = labelled_data(cfg, seed, files, device)
     teacher = new_teacher(cfg, device)
     optimizer = make_optimizer(teacher.parameters(), cfg["train"])
     scheduler = make_scheduler(optimizer, cfg["train"])
@@ -299,10 +313,10 @@ def pretrain_teacher(cfg: dict, seed: int, split_csv: str | Path, history_path: 
 
 # ---------------------------------------------------------------- stage 2: student baseline
 
-def train_student_baseline(cfg: dict, seed: int, split_csv: str | Path, history_path: str | Path,
+def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
                            device: torch.device) -> nn.Module:
     """BCE only, from scratch."""
-    data = labelled_data(cfg, seed, split_csv, device)
+    data = labelled_data(cfg, seed, files, device)
     student = new_student(cfg, device)
     optimizer = make_optimizer(student.parameters(), cfg["train"])
     scheduler = make_scheduler(optimizer, cfg["train"])
@@ -330,7 +344,7 @@ def train_student_baseline(cfg: dict, seed: int, split_csv: str | Path, history_
 
 # ---------------------------------------------------------------- stage 3: joint training
 
-def joint_train(cfg: dict, seed: int, split_csv: str | Path, teacher: nn.Module, history_path: str | Path,
+def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, history_path: str | Path,
                 device: torch.device) -> tuple[nn.Module, nn.Module]:
     """Student and teacher together; returns (teacher, student) of the best validation epoch.
 
@@ -340,7 +354,7 @@ def joint_train(cfg: dict, seed: int, split_csv: str | Path, teacher: nn.Module,
     whole error range.
     """
     stage_cfg = cfg["joint"]
-    data = labelled_data(cfg, seed, split_csv, device)
+    data = labelled_data(cfg, seed, files, device)
     teacher = teacher.to(device)
     student = new_student(cfg, device)
     opt_s, opt_t = make_optimizer(student.parameters(), cfg["train"]), make_optimizer(teacher.parameters(), cfg["train"])
@@ -395,7 +409,7 @@ def joint_train(cfg: dict, seed: int, split_csv: str | Path, teacher: nn.Module,
 
 # ---------------------------------------------------------------- stage 4: knowledge expansion
 
-def expand_student(cfg: dict, seed: int, split_csv: str | Path, unlabelled: list[str], student: nn.Module,
+def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module,
                    teacher: nn.Module, history_path: str | Path, device: torch.device) -> nn.Module:
     """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
 
@@ -405,9 +419,11 @@ def expand_student(cfg: dict, seed: int, split_csv: str | Path, unlabelled: list
     size = cfg["input_size"]
     student, teacher = student.to(device), freeze(teacher.to(device))
     transform = train_augmentation(seed, keys=("image",)) if cfg["train"]["augment"] else None
-    pool = UnlabelledCrops(unlabelled, size, seed, transform=transform)
+    if files.pool is None:
+        raise ValueError("expansion needs the pool store (DataFiles.pool)")
+    pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform)
     loader = make_loader(pool, cfg, seed, device, limit=stage_cfg["images_per_epoch"])
-    val_items = load_whole_images(read_split(split_csv, "val"))
+    val_items = files.split_items("val")
     optimizer = make_optimizer(student.parameters(), cfg["train"])
     scheduler = make_scheduler(optimizer, cfg["train"])
 

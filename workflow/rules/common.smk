@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -22,11 +23,20 @@ FIGURES = [
     "results/figures/predictions.png",
 ]
 ENV = "../../envs/emkt.yaml"
+LABELLED_STORE = "results/store/labelled.json"
+POOL_STORE = "results/store/pool.json"
+STORE_SHARDS = {"labelled": config["store"]["labelled_shards"], "pool": config["store"]["pool_shards"]}
+# EMPIAR archives by name (the zip's file name without .zip): the labelled and the pool archive.
+EMPIAR = config["data"]["empiar"]
+ARCHIVES = {Path(EMPIAR[role]["file"]).stem: dict(EMPIAR[role], role=role) for role in ("labelled", "unlabelled")}
 HISTORY_STAGES = ["teacher_pretrained", "student_baseline", "joint", "student_expanded"]
 
 
 wildcard_constraints:
     seed=r"\d+",
+    shard=r"\d{5}",
+    store_set="labelled|pool",
+    archive="|".join(re.escape(name) for name in ARCHIVES),
     condition="|".join(STUDENT_CONDITIONS),
     stage="|".join(TEACHER_STAGES),
 
@@ -38,22 +48,45 @@ def job_resources(kind):
 
 def data_dirs():
     """Where the labelled and unlabelled images are, for the configured data source."""
-    if config["data"]["source"] == "synthetic":
+    source = config["data"]["source"]
+    if source == "synthetic":
         return {
             "labelled_dir": "results/data/synthetic/cem_mitolab",
             "unlabelled_dir": "results/data/synthetic/unlabelled",
         }
+    if source == "empiar":
+        folders = {info["role"]: extracted_dir(name) for name, info in ARCHIVES.items()}
+        return {"labelled_dir": folders["labelled"], "unlabelled_dir": folders["unlabelled"]}
     return {
         "labelled_dir": config["data"]["labelled_dir"],
         "unlabelled_dir": config["data"]["unlabelled_dir"],
     }
 
 
-def generated_data(wildcards):
-    """The generated data set when the source is synthetic; nothing to build otherwise."""
-    if config["data"]["source"] == "synthetic":
-        return "results/data/synthetic"
+def archive_path(name):
+    path = f"{EMPIAR['download_dir']}/downloads/{name}.zip"
+    return path if EMPIAR["keep_archives"] else temp(path)
+
+
+def extracted_dir(name):
+    return f"{EMPIAR['download_dir']}/{name}"
+
+
+def raw_data(wildcards):
+    """Input of index_data: the generated set, the extracted archives' manifests, or
+    nothing (a user's folders, outside the workflow)."""
+    source = config["data"]["source"]
+    if source == "synthetic":
+        return ["results/data/synthetic"]
+    if source == "empiar":
+        return [f"{extracted_dir(name)}.manifest.csv" for name in ARCHIVES]
     return []
+
+
+def store_shards(store_set):
+    """The shard files a store's manifest lists (the pool's arrays, the labelled tables)."""
+    suffix = ".npy" if store_set == "pool" else ".csv"
+    return [f"results/store/{store_set}/shard-{k:05d}{suffix}" for k in range(STORE_SHARDS[store_set])]
 
 
 def student_model(condition, seed):

@@ -1,3 +1,49 @@
+# Data: download and extract (source 'empiar') or generate (source 'synthetic'), then the
+# same index -> pack -> split rules for every source. The split CSV and the store manifests
+# are what training reads.
+
+
+rule download_archive:
+    output:
+        archive_path("{archive}"),
+    params:
+        url_base=EMPIAR["url_base"],
+        archive=lambda wildcards: ARCHIVES[wildcards.archive],
+        retries=EMPIAR["retries"],
+        timeout_s=EMPIAR["timeout_s"],
+    log:
+        "results/logs/download_archive/{archive}.log",
+    benchmark:
+        "results/benchmarks/download_archive/{archive}.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/download_archive.py"
+
+
+rule extract_archive:
+    input:
+        archive_path("{archive}"),
+    output:
+        manifest=f"{EMPIAR['download_dir']}/{{archive}}.manifest.csv",
+    params:
+        dest=lambda wildcards: extracted_dir(wildcards.archive),
+    log:
+        "results/logs/extract_archive/{archive}.log",
+    benchmark:
+        "results/benchmarks/extract_archive/{archive}.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/extract_archive.py"
+
+
 rule generate_synthetic_data:
     output:
         directory("results/data/synthetic"),
@@ -16,28 +62,93 @@ rule generate_synthetic_data:
 
 rule index_data:
     input:
-        generated_data,
+        raw_data,
     output:
-        labelled="results/data/labelled.csv",
-        unlabelled="results/data/unlabelled.csv",
+        index="results/data/index.csv",
+        excluded="results/data/excluded.csv",
     params:
         **data_dirs(),
+        max_excluded_fraction=config["data"]["max_excluded_fraction"],
+        report="results/logs/index_data.excluded.csv",
     log:
         "results/logs/index_data.log",
     benchmark:
         "results/benchmarks/index_data.tsv"
-    threads: config["resources"]["light"]["threads"]
+    threads: config["resources"]["data"]["threads"]
     resources:
-        **job_resources("light"),
+        **job_resources("data"),
     conda:
         ENV
     script:
         "../scripts/index_data.py"
 
 
+rule pack_labelled_shard:
+    input:
+        index="results/data/index.csv",
+    output:
+        data="results/store/labelled/shard-{shard}.bin",
+        table="results/store/labelled/shard-{shard}.csv",
+    params:
+        shards=STORE_SHARDS["labelled"],
+    log:
+        "results/logs/pack_labelled_shard/{shard}.log",
+    benchmark:
+        "results/benchmarks/pack_labelled_shard/{shard}.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        **job_resources("data"),
+    conda:
+        ENV
+    script:
+        "../scripts/pack_shard.py"
+
+
+rule pack_pool_shard:
+    input:
+        index="results/data/index.csv",
+    output:
+        data="results/store/pool/shard-{shard}.npy",
+        origin="results/store/pool/shard-{shard}.origin.npy",
+    params:
+        shards=STORE_SHARDS["pool"],
+        tile=config["store"]["pool_tile"],
+    log:
+        "results/logs/pack_pool_shard/{shard}.log",
+    benchmark:
+        "results/benchmarks/pack_pool_shard/{shard}.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        **job_resources("data"),
+    conda:
+        ENV
+    script:
+        "../scripts/pack_shard.py"
+
+
+rule store_manifest:
+    input:
+        lambda wildcards: store_shards(wildcards.store_set),
+    output:
+        "results/store/{store_set}.json",
+    params:
+        tile=config["store"]["pool_tile"],
+    log:
+        "results/logs/store_manifest/{store_set}.log",
+    benchmark:
+        "results/benchmarks/store_manifest/{store_set}.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENV
+    script:
+        "../scripts/store_manifest.py"
+
+
 rule split_data:
     input:
-        "results/data/labelled.csv",
+        "results/data/index.csv",
     output:
         "results/splits/datasplit.csv",
     params:

@@ -1,6 +1,7 @@
 rule evaluate_student:
     input:
         split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
         model="results/models/student_{condition}_{seed}.pth",
     output:
         metrics="results/eval/student_{condition}_{seed}.csv",
@@ -24,6 +25,7 @@ rule evaluate_student:
 rule evaluate_teacher:
     input:
         split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
         teacher="results/models/teacher_{stage}_{seed}.pth",
         students=[student_model(c, "{seed}") for c in STUDENT_CONDITIONS],
     output:

@@ -6,6 +6,7 @@
 rule pretrain_teacher:
     input:
         split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
     output:
         model="results/models/teacher_pretrained_{seed}.pth",
         history="results/history/teacher_pretrained_{seed}.csv",
@@ -27,6 +28,7 @@ rule pretrain_teacher:
 rule train_student_baseline:
     input:
         split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
     output:
         model="results/models/student_baseline_{seed}.pth",
         history="results/history/student_baseline_{seed}.csv",
@@ -48,6 +50,7 @@ rule train_student_baseline:
 rule joint_train:
     input:
         split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
         teacher="results/models/teacher_pretrained_{seed}.pth",
     output:
         teacher="results/models/teacher_joint_{seed}.pth",
@@ -71,7 +74,8 @@ rule joint_train:
 rule expand_student:
     input:
         split="results/splits/datasplit.csv",
-        unlabelled="results/data/unlabelled.csv",
+        labelled=LABELLED_STORE,
+        pool=POOL_STORE,
         student="results/models/student_joint_{seed}.pth",
         teacher="results/models/teacher_joint_{seed}.pth",
     output:

@@ -6,7 +6,7 @@ config = start_job(snakemake)
 
 from pathlib import Path
 
-from emkt.runtime import atomic_path
+from emkt.files import atomic_path
 from emkt.tables import read_long_tables, summarize, to_markdown
 
 long = read_long_tables([*snakemake.input.students, *snakemake.input.teachers])

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from emkt.checkpoints import load_model
-from emkt.data import load_whole_images, read_split
 from emkt.evaluate import evaluate_segmenter, panel_arrays
-from emkt.runtime import atomic_path
+from emkt.files import atomic_path
+from emkt.train import DataFiles
 
 student, checkpoint = load_model(snakemake.input.model, expected_kind="student")
 student = student.to(device)
-items = load_whole_images(read_split(snakemake.input.split, "test"))
+items = DataFiles(snakemake.input.split, snakemake.input.labelled).split_items("test")
 ev = config["evaluate"]
 metrics, per_image, probs = evaluate_segmenter(student, items, checkpoint["input_size"], ev["overlap"],
                                                ev["batch_size"], device, ev["threshold"], ev["calibration_bins"])

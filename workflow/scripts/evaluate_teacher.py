@@ -9,13 +9,13 @@ config, device = start_torch_job(snakemake, seed)
 import pandas as pd
 
 from emkt.checkpoints import load_model
-from emkt.data import load_whole_images, read_split
 from emkt.evaluate import predict_probability, summarise_teacher, teacher_predictions
-from emkt.runtime import atomic_path
+from emkt.files import atomic_path
+from emkt.train import DataFiles
 
 teacher, checkpoint = load_model(snakemake.input.teacher, expected_kind="teacher")
 teacher = teacher.to(device)
-items = load_whole_images(read_split(snakemake.input.split, "test"))
+items = DataFiles(snakemake.input.split, snakemake.input.labelled).split_items("test")
 ev = config["evaluate"]
 frames = []
 for condition, path in zip(snakemake.params.conditions, snakemake.input.students):

@@ -5,14 +5,12 @@ from jobsetup import start_torch_job
 seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
 
-import pandas as pd
-
 from emkt.checkpoints import load_model, save_model
-from emkt.train import expand_student
+from emkt.train import DataFiles, expand_student
 
 student, _ = load_model(snakemake.input.student, expected_kind="student")
 teacher, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
-pool = pd.read_csv(snakemake.input.unlabelled)["path"].tolist()
-student = expand_student(config, seed, snakemake.input.split, pool, student, teacher, snakemake.output.history, device)
+files = DataFiles(snakemake.input.split, snakemake.input.labelled, snakemake.input.pool)
+student = expand_student(config, seed, files, student, teacher, snakemake.output.history, device)
 save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
            {"condition": "expanded", "seed": seed})

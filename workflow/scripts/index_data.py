@@ -1,13 +1,24 @@
-"""List the labelled images (with masks) and the unlabelled pool."""
+"""Read every image and mask once: the index of usable images and the excluded files with reasons."""
 
 from jobsetup import start_job
 
 config = start_job(snakemake)
 
-from emkt.data import index_labelled, index_unlabelled
-from emkt.runtime import atomic_path
+import logging
 
-with atomic_path(snakemake.output.labelled) as tmp:
-    index_labelled(snakemake.params.labelled_dir).to_csv(tmp, index=False)
-with atomic_path(snakemake.output.unlabelled) as tmp:
-    index_unlabelled(snakemake.params.unlabelled_dir).to_csv(tmp, index=False)
+from emkt.files import atomic_path
+from emkt.indexing import build_index, check_exclusions
+
+params = snakemake.params
+index, excluded = build_index(params.labelled_dir, params.unlabelled_dir, processes=snakemake.threads)
+# Kept outside the rule's outputs, which Snakemake deletes when the rule fails.
+with atomic_path(params.report) as tmp:
+    excluded.to_csv(tmp, index=False)
+summary = check_exclusions(index, excluded, params.max_excluded_fraction, params.report)
+logging.info("usable and excluded files per set:\n%s", summary.to_string())
+if len(excluded):
+    logging.warning("%d file(s) excluded, listed with reasons in %s", len(excluded), snakemake.output.excluded)
+with atomic_path(snakemake.output.excluded) as tmp:
+    excluded.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.index) as tmp:
+    index.to_csv(tmp, index=False)

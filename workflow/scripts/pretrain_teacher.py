@@ -6,8 +6,8 @@ seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
 
 from emkt.checkpoints import save_model
-from emkt.train import pretrain_teacher
+from emkt.train import DataFiles, pretrain_teacher
 
-teacher = pretrain_teacher(config, seed, snakemake.input.split, snakemake.output.history, device)
+teacher = pretrain_teacher(config, seed, DataFiles(snakemake.input.split, snakemake.input.labelled), snakemake.output.history, device)
 save_model(snakemake.output.model, teacher, "teacher", config["teacher"], config["input_size"],
            {"stage": "pretrained", "seed": seed})

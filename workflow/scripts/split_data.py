@@ -9,10 +9,14 @@ import logging
 import pandas as pd
 
 from emkt.data import split_index
-from emkt.runtime import atomic_path
+from emkt.files import atomic_path
 
 split = config["split"]
-table = split_index(pd.read_csv(snakemake.input[0]), split["train"], split["val"], split["test"], split["seed"])
+index = pd.read_csv(snakemake.input[0])
+labelled = index[index["set"] == "labelled"].drop(columns=["set"]).reset_index(drop=True)
+table = split_index(labelled, split["train"], split["val"], split["test"], split["seed"], split["group_by"])
 with atomic_path(snakemake.output[0]) as tmp:
     table.to_csv(tmp, index=False)
 logging.info("split sizes: %s", table["split"].value_counts().to_dict())
+if split["group_by"] == "source":
+    logging.info("sources per split: %s", table.groupby("split")["source"].unique().apply(list).to_dict())

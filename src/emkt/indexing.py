@@ -1,0 +1,183 @@
+"""Every input file accounted for: the index of usable images and the list of excluded files.
+
+``build_index`` reads every image and mask once and returns two tables:
+
+- index (``results/data/index.csv``): one row per usable labelled image or pool image, with
+  its size, original dtype, the conversion applied (RGB to grey, rescaling to 8 bits),
+  foreground fraction and instance count (labelled only) and a status (``ok``/``converted``).
+- excluded (``results/data/excluded.csv``): one row per unusable file with a reason code
+  from ``REASONS`` and a human-readable detail.
+
+``check_exclusions`` then fails the run, naming the first bad files, when a set lost more
+than the allowed fraction of its files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import TIFF_SUFFIXES, ConversionError, DataFileError, find_labelled_root, read_tiff, to_grey_uint8, to_labels
+from .parallel import ordered_map
+
+REASONS = {
+    "empty_file": "the file has 0 bytes",
+    "unreadable": "unreadable or truncated TIFF",
+    "not_2d": "a 3D stack or otherwise not a 2D image",
+    "non_finite": "NaN or infinite pixel values",
+    "not_labels": "mask values are not non-negative whole numbers",
+    "missing_mask": "image without a mask of the same name",
+    "mask_without_image": "mask without an image of the same name",
+    "shape_mismatch": "image and mask shapes differ",
+}
+INDEX_COLUMNS = ["id", "set", "path", "mask", "source", "height", "width", "dtype", "conversion",
+                 "foreground_fraction", "n_instances", "status"]
+EXCLUDED_COLUMNS = ["set", "path", "reason", "detail"]
+
+
+class TooManyExcluded(DataFileError):
+    """More files than allowed (config key data.max_excluded_fraction) are unusable."""
+
+
+def _is_tiff(name: str) -> bool:
+    return name.lower().endswith(TIFF_SUFFIXES) and not name.startswith(".")
+
+
+def _tiffs_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {Path(name).stem: folder / name for name in sorted(os.listdir(folder)) if _is_tiff(name)}
+
+
+def find_labelled_pairs(root: str | Path) -> tuple[list[tuple[str, str, str]], list[tuple]]:
+    """(source, image, mask) pairs under ``<root>/<source>/{images,masks}``, matched by file
+    stem, and the exclusions for images without masks and masks without images."""
+    root = find_labelled_root(root)
+    if not root.is_dir():
+        raise DataFileError(f"{root}: labelled data folder not found")
+    pairs, orphans = [], []
+    for source in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images, masks = _tiffs_by_stem(source / "images"), _tiffs_by_stem(source / "masks")
+        for stem, image in images.items():
+            if stem in masks:
+                pairs.append((source.name, str(image), str(masks[stem])))
+            else:
+                orphans.append(("labelled", str(image), "missing_mask", f"no {source.name}/masks/{stem}.tif(f)"))
+        for stem in sorted(set(masks) - set(images)):
+            orphans.append(("labelled", str(masks[stem]), "mask_without_image",
+                            f"no {source.name}/images/{stem}.tif(f)"))
+    if not pairs and not orphans:
+        raise DataFileError(f"{root}: no <source>/images/*.tif(f) found")
+    return pairs, orphans
+
+
+def find_pool_images(root: str | Path) -> list[tuple[str, str]]:
+    """(source, path) of every TIFF under ``root`` (recursively, sorted); the source is the
+    first sub-folder. Walks with os.scandir, which stays fast for millions of files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFileError(f"{root}: unlabelled data folder not found")
+    # An archive may wrap the tree in one top folder (cem1.5m/...): sources are below it.
+    while True:
+        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+        if len(entries) != 1 or not entries[0].is_dir():
+            break
+        root = Path(entries[0].path)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = Path(folder).relative_to(root).parts
+        source = relative[0] if relative else ""
+        found.extend((source, os.path.join(folder, name)) for name in sorted(files) if _is_tiff(name))
+    if not found:
+        raise DataFileError(f"{root}: no TIFF images found")
+    return found
+
+
+def _load(path: str, as_mask: bool) -> tuple[np.ndarray, str, str]:
+    """(array, original dtype, conversion); raises ConversionError with a reason code."""
+    if os.path.getsize(path) == 0:
+        raise ConversionError(f"{path}: empty file", "empty_file")
+    try:
+        raw = read_tiff(path)
+    except DataFileError as error:
+        raise ConversionError(str(error), "unreadable") from None
+    if as_mask:
+        return to_labels(raw, path), str(raw.dtype), ""
+    image, conversion = to_grey_uint8(raw, path)
+    return image, str(raw.dtype), conversion
+
+
+def inspect_labelled(pair: tuple[str, str, str]) -> tuple[str, tuple]:
+    """('ok', index fields) or ('excluded', (path, reason, detail)) for one image-mask pair."""
+    source, image_path, mask_path = pair
+    try:
+        image, dtype, conversion = _load(image_path, as_mask=False)
+    except ConversionError as error:
+        return "excluded", (image_path, error.reason, str(error))
+    try:
+        labels = _load(mask_path, as_mask=True)[0]
+    except ConversionError as error:
+        return "excluded", (mask_path, error.reason, f"mask of {image_path}: {error}")
+    if image.shape != labels.shape:
+        return "excluded", (image_path, "shape_mismatch",
+                            f"image {image.shape} but mask {labels.shape} ({mask_path})")
+    n_instances = int(np.unique(labels).size - (1 if labels.min() == 0 else 0))
+    return "ok", (image_path, mask_path, source, image.shape[0], image.shape[1], dtype, conversion,
+                  float((labels > 0).mean()), n_instances, "converted" if conversion else "ok")
+
+
+def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
+    """('ok', index fields) or ('excluded', (path, reason, detail)) for one pool image."""
+    source, path = item
+    try:
+        image, dtype, conversion = _load(path, as_mask=False)
+    except ConversionError as error:
+        return "excluded", (path, error.reason, str(error))
+    return "ok", (path, "", source, image.shape[0], image.shape[1], dtype, conversion,
+                  np.nan, np.nan, "converted" if conversion else "ok")
+
+
+def build_index(labelled_root: str | Path, pool_root: str | Path | None,
+                processes: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every labelled pair and pool image once; return (index, excluded)."""
+    pairs, orphans = find_labelled_pairs(labelled_root)
+    rows, excluded = [], [tuple(o) for o in orphans]
+    for outcome, fields in ordered_map(inspect_labelled, pairs, processes, len(pairs), "index labelled"):
+        (rows if outcome == "ok" else excluded).append(("labelled", *fields))
+    if pool_root is not None:
+        pool = find_pool_images(pool_root)
+        for outcome, fields in ordered_map(inspect_pool, pool, processes, len(pool), "index pool"):
+            (rows if outcome == "ok" else excluded).append(("unlabelled", *fields))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS[1:])
+    index.insert(0, "id", np.arange(len(index)))
+    return index, pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
+
+
+def exclusion_summary(index: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
+    """Per set: usable, excluded, and the excluded fraction of all files found."""
+    sets = sorted(set(index["set"]) | set(excluded["set"]))
+    usable = index["set"].value_counts().reindex(sets, fill_value=0)
+    bad = excluded["set"].value_counts().reindex(sets, fill_value=0)
+    return pd.DataFrame({"usable": usable, "excluded": bad, "fraction": bad / (usable + bad)})
+
+
+def check_exclusions(index: pd.DataFrame, excluded: pd.DataFrame, max_fraction: float,
+                     report: str | Path, shown: int = 10) -> pd.DataFrame:
+    """Raise TooManyExcluded, naming the first bad files, when a set's excluded fraction
+    exceeds ``max_fraction``; otherwise return the per-set summary."""
+    summary = exclusion_summary(index, excluded)
+    over = summary[summary["fraction"] > max_fraction]
+    if over.empty:
+        return summary
+    parts = [f"{name}: {int(r.excluded)} of {int(r.usable + r.excluded)} files ({r.fraction:.1%})"
+             for name, r in over.iterrows()]
+    first = excluded[excluded["set"].isin(over.index)].head(shown)
+    lines = [f"{r.path}: {r.reason} ({r.detail})" for r in first.itertuples()]
+    raise TooManyExcluded(
+        f"too many unusable input files, more than config key 'data.max_excluded_fraction' = {max_fraction:g}: "
+        + "; ".join(parts) + ". First ones:\n  " + "\n  ".join(lines)
+        + f"\nAll excluded files with reasons: {report}")
