@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint clean-results
+.PHONY: setup demo test lint benchmark clean-results
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Store vs. per-file TIFF reading on a generated pool of 100,000 images (~10 GB in benchmarks/out/).
+benchmark: setup
+	$(BIN)/python benchmarks/pool_loading.py
 
 lint: setup
 	$(BIN)/snakemake --lint

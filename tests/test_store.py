@@ -71,6 +71,10 @@ def test_real_fixture_round_trip(shared_data, tmp_path):
         assert np.array_equal(tiles.tile_at(i), expected_tile)
     with pytest.raises(IndexError):
         tiles.tile_at(len(tiles))
+    picked = [len(tiles) - 1, 3, 250, 3, 0]  # across shards, repeated, out of order
+    assert np.array_equal(tiles.tiles(picked), np.stack([tiles.tile_at(i) for i in picked]))
+    with pytest.raises(IndexError):
+        tiles.tiles([0, len(tiles)])
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -163,6 +165,25 @@ FIXTURE_RUN = merged(TINY, {
 })
 
 
+def test_packing_interrupted_after_one_shard_repacks_only_the_missing_one(demo_run):
+    """Packing is resumable: as if the run died while packing shard 1 (its output and the
+    manifest missing), a rerun packs that shard alone and keeps shard 0."""
+    store = demo_run / "results" / "store"
+    lost = [store / "pool" / "shard-00001.npy", store / "pool" / "shard-00001.origin.npy", store / "pool.json"]
+    saved = {path: (path.read_bytes(), path.stat().st_atime_ns, path.stat().st_mtime_ns) for path in lost}
+    for path in lost:
+        path.unlink()
+    try:
+        dry = snakemake(demo_run, TINY, "-n", "results/store/pool.json")
+        jobs = planned_jobs(dry.stdout + dry.stderr)
+        assert jobs["pack_pool_shard"] == 1 and jobs["store_manifest"] == 1
+        assert not {"pack_labelled_shard", "index_data", "split_data", "joint_train"} & set(jobs)
+    finally:
+        for path, (data, atime, mtime) in saved.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(atime, mtime))
+
+
 def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_the_whole_dag(tmp_path, empiar_mirror):
     """download (cut mid-way, resumed) -> extract -> index -> pack -> grouped split -> training from the store."""
     pool_zip = "/11035/data/cem1.5m.zip"
@@ -191,3 +212,37 @@ def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_the_whole_dag(tmp_pa
     assert "epoch 1/1" in (results / "logs" / "expand_student" / "0.log").read_text()
     for figure in FIGURES:
         assert (results / "figures" / figure).is_file()
+
+
+def test_too_many_bad_files_stop_the_index_and_keep_the_downloads(tmp_path, shared_data):
+    labelled = tmp_path / "cem_mitolab"
+    shutil.copytree(shared_data / "cem_mitolab", labelled)
+    (labelled / "cem_examples" / "images" / "broken.tiff").write_bytes(b"this is not a TIFF")
+    shutil.copy(labelled / "cem_examples" / "masks" / "mitochondria1.tiff", labelled / "cem_examples" / "masks" / "broken.tiff")
+    root = tmp_path / "mirror"
+    zip_tree(labelled, root / "11037" / "data" / "cem_mitolab.zip", "cem_mitolab")
+    zip_tree(shared_data / "unlabelled", root / "11035" / "data" / "cem1.5m.zip", "cem1.5m")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    target = "results/splits/datasplit.csv"
+    with LoopbackServer(root) as server:
+        config = merged(FIXTURE_RUN, {"data": {"empiar": {"url_base": server.url}, "max_excluded_fraction": 0.01}})
+        failed = snakemake(workdir, config, target, check=False)
+        assert failed.returncode != 0
+        log = (workdir / "results" / "logs" / "index_data.log").read_text()
+        assert "data.max_excluded_fraction" in log and "labelled: 1 of 27 files (3.7%)" in log
+        assert "broken.tiff: unreadable" in log
+        assert not (workdir / "results" / "data" / "index.csv").exists()
+        report = pd.read_csv(workdir / "results" / "logs" / "index_data.excluded.csv")
+        assert report["path"].str.endswith("broken.tiff").tolist() == [True]
+        archives = {p: p.stat().st_mtime_ns for p in (workdir / "data" / "downloads").glob("*.zip")}
+        assert len(archives) == 2
+        requests = len(server.requests)
+        # Allowing 5% lets the run go on; nothing is downloaded or extracted again.
+        snakemake(workdir, merged(config, {"data": {"max_excluded_fraction": 0.05}}), target)
+        assert len(server.requests) == requests
+    assert {p: p.stat().st_mtime_ns for p in archives} == archives
+    excluded = pd.read_csv(workdir / "results" / "data" / "excluded.csv")
+    assert excluded[["reason"]].to_dict("list") == {"reason": ["unreadable"]}
+    assert "1 file(s) excluded" in (workdir / "results" / "logs" / "index_data.log").read_text()
+    assert len(pd.read_csv(workdir / target)) == 26

@@ -141,13 +141,15 @@ def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
                   np.nan, np.nan, "converted" if conversion else "ok")
 
 
-def build_index(labelled_root: str | Path, pool_root: str | Path | None,
+def build_index(labelled_root: str | Path | None, pool_root: str | Path | None,
                 processes: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every labelled pair and pool image once; return (index, excluded)."""
-    pairs, orphans = find_labelled_pairs(labelled_root)
-    rows, excluded = [], [tuple(o) for o in orphans]
-    for outcome, fields in ordered_map(inspect_labelled, pairs, processes, len(pairs), "index labelled"):
-        (rows if outcome == "ok" else excluded).append(("labelled", *fields))
+    rows, excluded = [], []
+    if labelled_root is not None:
+        pairs, orphans = find_labelled_pairs(labelled_root)
+        excluded.extend(orphans)
+        for outcome, fields in ordered_map(inspect_labelled, pairs, processes, len(pairs), "index labelled"):
+            (rows if outcome == "ok" else excluded).append(("labelled", *fields))
     if pool_root is not None:
         pool = find_pool_images(pool_root)
         for outcome, fields in ordered_map(inspect_pool, pool, processes, len(pool), "index pool"):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -204,16 +204,24 @@ class _Files:
     def __init__(self, paths: list[Path]) -> None:
         self.paths, self._fds, self._pid = paths, {}, None
 
-    def read(self, shard: int, offset: int, nbytes: int) -> bytes:
+    def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():
             self._fds, self._pid = {}, os.getpid()
         fd = self._fds.get(shard)
         if fd is None:
             fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-        data = os.pread(fd, nbytes, offset)
-        if len(data) != nbytes:
+        return fd
+
+    def read_into(self, shard: int, offset: int, out: np.ndarray) -> None:
+        """Fill the C-contiguous array ``out`` from the shard at ``offset``: one syscall, no copy."""
+        got = os.preadv(self._fd(shard), [memoryview(out).cast("B")], offset)
+        if got != out.nbytes:
             raise StoreError(f"{self.paths[shard]}: short read at byte {offset} (truncated shard?)")
-        return data
+
+    def read_array(self, shard: int, offset: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        self.read_into(shard, offset, out)
+        return out
 
     def __getstate__(self) -> dict:
         return {"paths": self.paths, "_fds": {}, "_pid": None}
@@ -252,22 +260,20 @@ class LabelledStore:
     def __len__(self) -> int:
         return len(self.table)
 
-    def _locate(self, image_id: int, column: str, bytes_per_pixel: int) -> tuple[int, int, int, int, int]:
+    def _read(self, image_id: int, column: str, dtype: str) -> np.ndarray:
         try:
             n = self._row_of[int(image_id)]
         except KeyError:
             raise StoreError(f"image id {image_id} is not in the labelled store") from None
         c = self._cols
-        h, w = int(c["height"][n]), int(c["width"][n])
-        return int(c["shard"][n]), int(c[column][n]), h * w * bytes_per_pixel, h, w
+        shape = (int(c["height"][n]), int(c["width"][n]))
+        return self._files.read_array(int(c["shard"][n]), int(c[column][n]), shape, dtype)
 
     def image(self, image_id: int) -> np.ndarray:
-        shard, offset, nbytes, h, w = self._locate(image_id, "image_offset", 1)
-        return np.frombuffer(self._files.read(shard, offset, nbytes), dtype=np.uint8).reshape(h, w)
+        return self._read(image_id, "image_offset", "u1")
 
     def labels(self, image_id: int) -> np.ndarray:
-        shard, offset, nbytes, h, w = self._locate(image_id, "mask_offset", 2)
-        return np.frombuffer(self._files.read(shard, offset, nbytes), dtype="<u2").reshape(h, w)
+        return self._read(image_id, "mask_offset", "<u2")
 
     def stats(self, image_id: int) -> tuple[float, float]:
         """Mean and standard deviation of the whole image (for per-image z-scoring of crops)."""
@@ -299,11 +305,28 @@ class TileStore:
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
-    def tile_at(self, index: int) -> np.ndarray:
+    def _where(self, index: int) -> tuple[int, int]:
+        """(shard, byte offset) of tile ``index``."""
         if not 0 <= index < len(self):
             raise IndexError(f"tile {index} is outside the pool of {len(self)}")
         shard = int(np.searchsorted(self._ends, index, side="right"))
         first = int(self._ends[shard - 1]) if shard else 0
-        nbytes = self.tile * self.tile
-        data = self._files.read(shard, int(self._offsets[shard]) + (index - first) * nbytes, nbytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.tile, self.tile)
+        return shard, int(self._offsets[shard]) + (index - first) * self.tile * self.tile
+
+    def tile_at(self, index: int) -> np.ndarray:
+        shard, offset = self._where(index)
+        return self._files.read_array(shard, offset, (self.tile, self.tile), "u1")
+
+    def tiles(self, indices: Sequence[int]) -> np.ndarray:
+        """Tiles ``indices`` as one (n, tile, tile) array, each read straight into its slot."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"tile indices outside the pool of {len(self)}")
+        shards = np.searchsorted(self._ends, indices, side="right")
+        firsts = np.where(shards > 0, self._ends[np.maximum(shards - 1, 0)], 0)
+        offsets = self._offsets[shards] + (indices - firsts) * self.tile * self.tile
+        out = np.empty((len(indices), self.tile, self.tile), dtype=np.uint8)
+        # In file order: neighbouring reads help the disk's read-ahead when the cache is cold.
+        for slot in np.lexsort((offsets, shards)):
+            self._files.read_into(int(shards[slot]), int(offsets[slot]), out[slot])
+        return out
