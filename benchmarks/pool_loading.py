@@ -36,7 +36,7 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import BatchSampler, DataLoader, Dataset  # noqa: E402
 
-from emkt.data import PoolCrops  # noqa: E402
+from emkt.datasets import PoolCrops  # noqa: E402
 from emkt.indexing import build_index  # noqa: E402
 from emkt.store import TileStore, pack_pool_shard, shard_rows, write_manifest  # noqa: E402
 from emkt.synthetic import render_em_image, source_style  # noqa: E402

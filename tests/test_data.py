@@ -5,7 +5,8 @@ import tifffile
 import torch
 
 from conftest import prepare_data
-from emkt.data import (ConversionError, DataFileError, LabelledCrops, find_labelled_root, normalise_image,
+from emkt.datasets import LabelledCrops
+from emkt.data import (ConversionError, DataFileError, find_labelled_root, normalise_image,
                        random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8, to_labels)
 from emkt.indexing import build_index
 from emkt.store import LabelledStore

@@ -7,7 +7,8 @@ import tifffile
 import torch
 from torch.utils.data import DataLoader
 
-from emkt.data import PoolCrops, read_tiff, to_grey_uint8
+from emkt.data import read_tiff, to_grey_uint8
+from emkt.datasets import PoolCrops
 from emkt.indexing import build_index
 from emkt.store import (LabelledStore, StoreError, TileStore, cut_tiles, pack_labelled_shard, pack_pool_shard,
                         shard_rows, tile_count, write_manifest)

@@ -8,8 +8,9 @@ from conftest import REPO, TINY, merged, prepare_data
 from emkt.config import load_config
 from emkt.runtime import seed_everything
 from emkt.synthetic import generate_labelled_set, generate_unlabelled_pool
-from emkt.train import (EpochSampler, check_finite, expand_student, joint_train, pretrain_teacher,
-                        train_student_baseline)
+from emkt.resume import Checkpointing, fingerprint
+from emkt.train import (CollapseGuard, EpochSampler, TrainingCollapsed, check_finite, expand_student, joint_train,
+                        pretrain_teacher, train_student_baseline)
 
 CPU = torch.device("cpu")
 
@@ -77,3 +78,79 @@ def test_epoch_sampler_subsets_and_reshuffles():
 def test_non_finite_loss_stops_training():
     with pytest.raises(FloatingPointError, match="expansion loss became nan"):
         check_finite(torch.tensor(float("nan")), "expansion loss")
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two epochs."""
+
+
+def run_interrupted(monkeypatch, after_epochs: int, run):
+    """Run ``run()`` but stop it when validation is called for epoch ``after_epochs + 1``."""
+    import emkt.train as train_module
+
+    calls = {"n": 0}
+    real = train_module.student_validation
+
+    def validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > after_epochs:
+            raise Interrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "student_validation", validation)
+        with pytest.raises(Interrupt):
+            run()
+
+
+def test_interrupted_stages_resume_to_the_uninterrupted_result(tiny_config, tiny_data, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    config = merged(tiny_config, {"student_baseline": {"epochs": 4}, "joint": {"epochs": 3}})
+    seed_everything(0)
+    teacher = pretrain_teacher(config, 0, tiny_data, tmp_path / "pre.csv", CPU)
+    pretrained = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    def fresh_teacher():
+        from emkt.models import build_teacher
+        model = build_teacher(config["teacher"], config["input_size"])
+        model.load_state_dict(pretrained)
+        return model
+
+    stages = {
+        "baseline": lambda resume, history: train_student_baseline(config, 0, tiny_data, history, CPU, resume),
+        "joint": lambda resume, history: joint_train(config, 0, tiny_data, fresh_teacher(), history, CPU, resume)[1],
+    }
+    for name, stage in stages.items():
+        seed_everything(0)
+        reference = stage(None, tmp_path / f"{name}_ref.csv")
+        resume = Checkpointing(tmp_path / f"{name}.pt", fingerprint(config, [], stage=name))
+        seed_everything(0)
+        run_interrupted(monkeypatch, 2, lambda: stage(resume, tmp_path / f"{name}.csv"))
+        assert resume.path.exists()
+        seed_everything(0)  # a new process: same seed, then the state takes over
+        resumed = stage(resume, tmp_path / f"{name}.csv")
+        assert state_equal(reference, resumed), name
+        ref_rows, rows = (pd.read_csv(tmp_path / f"{n}.csv").drop(columns="seconds") for n in (f"{name}_ref", name))
+        pd.testing.assert_frame_equal(ref_rows, rows)
+        # a state from another config is ignored, not resumed
+        other = Checkpointing(resume.path, fingerprint(config, [], stage="other"))
+        assert other.load({}) is None
+
+
+def test_a_collapsing_student_stops_with_a_clear_error(tiny_config, tiny_data, tmp_path):
+    # A vanishing positive weight drives the student to all-background: Dice stays 0.
+    config = merged(tiny_config, {"train": {"pos_weight": 1e-6, "lr": 0.05, "collapse_patience": 2},
+                                  "student_baseline": {"epochs": 6}})
+    seed_everything(0)
+    with pytest.raises(TrainingCollapsed, match="validation Dice <= 0.001 for 2 consecutive epochs"):
+        train_student_baseline(config, 0, tiny_data, tmp_path / "h.csv", CPU)
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert len(history) < 6 and (history["val_dice"].tail(2) <= 0.001).all()
+
+
+def test_collapse_guard_counts_only_trailing_epochs():
+    guard = CollapseGuard(patience=2, min_dice=0.0)
+    guard.check([{"val_dice": 0.0}, {"val_dice": 0.3}, {"val_dice": 0.0}], "s")
+    with pytest.raises(TrainingCollapsed):
+        guard.check([{"val_dice": 0.3}, {"val_dice": 0.0}, {"val_dice": 0.0}], "s")
+    assert CollapseGuard.from_config({"train": {"collapse_patience": 0, "collapse_dice": 0.1}}) is None

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, TINY, merged
@@ -24,12 +27,17 @@ FIGURES = ["metrics.png", "teacher_scatter.png", "training_curves.png", "predict
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
+def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+    """The command running the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
     override = workdir / "test_config.yaml"
     override.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), str(override), "--cores", "2", *args]
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(REPO / "config.yaml"), str(override), "--cores", "2", *args]
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
+    command = snakemake_command(workdir, config, *args)
     result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -165,6 +173,18 @@ FIXTURE_RUN = merged(TINY, {
 })
 
 
+def test_html_report_holds_the_figures_table_and_captions(demo_run):
+    snakemake(demo_run, TINY, "--report", "report.html")
+    html = (demo_run / "report.html").read_text()
+    assert len(html) > 100_000  # figures are embedded: the report is self-contained
+    for name in ["summary.csv", "excluded.csv", *FIGURES]:
+        assert name in html, name
+    for caption in (REPO / "workflow" / "report").glob("*.rst"):
+        # the caption's opening plain words (markup renders differently)
+        words = [w for w in caption.read_text().split()[:3] if w.isalpha()]
+        assert " ".join(words) in html, caption.name
+
+
 def test_packing_interrupted_after_one_shard_repacks_only_the_missing_one(demo_run):
     """Packing is resumable: as if the run died while packing shard 1 (its output and the
     manifest missing), a rerun packs that shard alone and keeps shard 0."""
@@ -246,3 +266,92 @@ def test_too_many_bad_files_stop_the_index_and_keep_the_downloads(tmp_path, shar
     assert excluded[["reason"]].to_dict("list") == {"reason": ["unreadable"]}
     assert "1 file(s) excluded" in (workdir / "results" / "logs" / "index_data.log").read_text()
     assert len(pd.read_csv(workdir / target)) == 26
+
+
+def job_pids(script: str) -> list[int]:
+    """Processes whose command line runs the Snakemake-generated copy of ``script``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if script in command and "snakemake" not in command.split()[0:3]:
+                pids.append(int(entry.name))
+    return pids
+
+
+def run_and_kill(workdir: Path, config: dict, target: str, kill) -> tuple[subprocess.Popen, str]:
+    """Start Snakemake on ``target``; once the baseline's training state holds two epochs,
+    call ``kill(process)``; return the process and its output after it ends."""
+    process = subprocess.Popen(snakemake_command(workdir, config, target), cwd=workdir, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    state = workdir / "results" / "state" / "train_student_baseline" / "0.pt"
+    history = workdir / "results" / "history" / "student_baseline_0.csv"
+    deadline, killed = time.monotonic() + 300, False
+    while not killed and process.poll() is None and time.monotonic() < deadline:
+        if state.exists() and history.exists() and len(history.read_text().splitlines()) > 2:
+            killed = kill(process)
+        time.sleep(0.02)
+    output = process.communicate(timeout=300)[0]
+    assert killed, "the training job finished before it could be killed:\n" + output[-3000:]
+    return process, output
+
+
+def kill_training_job(process) -> bool:
+    """SIGKILL the training job only (as SLURM does at a timeout or preemption)."""
+    pids = job_pids("train_student_baseline.py")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return bool(pids)
+
+
+def kill_everything(process) -> bool:
+    """SIGKILL Snakemake and its jobs at once (a node crash)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    return True
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """Kill a real training job mid-run: Snakemake's retry resumes it from the last saved
+    epoch; after a crash of Snakemake itself, --rerun-incomplete does. Either way the
+    checkpoint and the history equal an uninterrupted run's."""
+    config = merged(TINY, {"seeds": [0], "student_baseline": {"epochs": 30}})
+    target = "results/models/student_baseline_0.pth"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    snakemake(reference, config, target)
+
+    job_killed = tmp_path / "job_killed"
+    job_killed.mkdir()
+    process, output = run_and_kill(job_killed, config, target, kill_training_job)
+    assert process.returncode == 0, output[-4000:]  # resources.train.retries restarted the job
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    process, _ = run_and_kill(crashed, config, target, kill_everything)
+    assert process.returncode == -signal.SIGKILL
+    snakemake(crashed, config, "--unlock")
+    snakemake(crashed, config, target, "--rerun-incomplete")
+
+    for workdir in (job_killed, crashed):
+        log = (workdir / "results" / "logs" / "train_student_baseline" / "0.log").read_text()
+        assert "resuming from results/state/train_student_baseline/0.pt after epoch" in log, workdir.name
+        assert not (workdir / "results" / "state" / "train_student_baseline" / "0.pt").exists()
+        ours, theirs = (torch.load(d / target, map_location="cpu", weights_only=False) for d in (workdir, reference))
+        assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+        assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])
+        rows = [pd.read_csv(d / "results" / "history" / "student_baseline_0.csv").drop(columns="seconds")
+                for d in (workdir, reference)]
+        pd.testing.assert_frame_equal(*rows)
+
+
+def test_a_collapsing_run_fails_loudly(tmp_path):
+    config = merged(TINY, {"seeds": [0], "train": {"pos_weight": 1e-6, "lr": 0.05, "collapse_patience": 2},
+                           "student_baseline": {"epochs": 8}, "resources": {"train": {"retries": 0}}})
+    result = snakemake(tmp_path, config, "results/models/student_baseline_0.pth", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "logs" / "train_student_baseline" / "0.log").read_text()
+    assert "TrainingCollapsed" in log and "train.collapse_patience = 2" in log
+    assert not (tmp_path / "results" / "models" / "student_baseline_0.pth").exists()

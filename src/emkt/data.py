@@ -5,20 +5,18 @@ Layout read by emkt.indexing (CEM-MitoLab, EMPIAR-11037):
     <labelled_dir>/<source>/masks/<name>.tif(f)    2D instance (or binary) labels, 0 = background
 and an unlabelled pool (CEM1.5M, EMPIAR-11035): any tree of 2D TIFF images.
 
-Images reach training through the packed store (emkt.store); the readers here are what
-indexing, packing and prediction of new images share, so all of them see the same pixels.
+Images reach training through the packed store (emkt.store) and the datasets in
+emkt.datasets; the readers here are what indexing, packing and prediction of new images
+share, so all of them see the same pixels. No torch here: the data rules run without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import tifffile
-import torch
-from torch.utils.data import Dataset
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -217,80 +215,6 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
     top = int(rng.integers(0, height - size + 1))
     left = int(rng.integers(0, width - size + 1))
     return [a[top:top + size, left:left + size] for a in arrays]
-
-
-class _EpochSeeded(Dataset):
-    """Randomness drawn from (seed, epoch, index): identical crops whatever the worker count,
-    and a resumed run sees the same data as an uninterrupted one."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
-
-
-class LabelledCrops(_EpochSeeded):
-    """Random training crops of labelled images: {"image": (1,S,S), "mask": (1,S,S)} tensors.
-
-    ``store`` is an emkt.store.LabelledStore; ``ids`` the store ids of the training split.
-    Crops are z-scored with their whole image's statistics, as evaluation normalises whole images.
-    """
-
-    def __init__(self, store, ids: Sequence[int], size: int, seed: int, crops_per_image: int = 1,
-                 transform: Callable | None = None) -> None:
-        super().__init__(seed)
-        self.store, self.ids = store, [int(i) for i in ids]
-        self.size, self.crops_per_image, self.transform = size, crops_per_image, transform
-
-    def __len__(self) -> int:
-        return len(self.ids) * self.crops_per_image
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = self._rng(index)
-        image_id = self.ids[index % len(self.ids)]
-        mean, std = self.store.stats(image_id)
-        image, mask = random_crop([self.store.image(image_id), self.store.labels(image_id) > 0], self.size, rng)
-        image = (image.astype(np.float32) - mean) / max(std, 1e-6)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
-                  "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float()}
-        return _augment(self.transform, sample, rng)
-
-
-class PoolCrops(_EpochSeeded):
-    """Random crops of unlabelled pool tiles (an emkt.store.TileStore), each tile z-scored
-    on its own; read from disk on demand, so memory does not grow with the pool."""
-
-    def __init__(self, store, size: int, seed: int, transform: Callable | None = None) -> None:
-        super().__init__(seed)
-        if store.tile < size:
-            raise ValueError(f"pool tiles of {store.tile} px are smaller than input_size {size}; "
-                             "raise store.pool_tile and repack")
-        self.store, self.size, self.transform = store, size, transform
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = self._rng(index)
-        (image,) = random_crop([normalise_image(self.store.tile_at(index))], self.size, rng)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None]}
-        return _augment(self.transform, sample, rng)
-
-
-def _augment(transform: Callable | None, sample: dict[str, torch.Tensor],
-             rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Apply a MONAI transform seeded from the sample's own generator; keep only the tensors
-    (MONAI adds '<key>_transforms' trace lists that the default collate cannot batch)."""
-    if transform is None:
-        return sample
-    transform.set_random_state(seed=int(rng.integers(2**31)))
-    out = transform(sample)
-    return {key: out[key] for key in sample}
 
 
 def load_whole_images(table: pd.DataFrame, store) -> list[dict]:

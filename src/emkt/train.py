@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .augment import MaskCorruptor, train_augmentation
-from .data import LabelledCrops, PoolCrops, load_whole_images, random_crop, read_split
+from .data import load_whole_images, random_crop, read_split
+from .datasets import LabelledCrops, PoolCrops
 from .evaluate import evaluate_segmenter, summarise_teacher, teacher_predictions
 from .losses import per_image_bce, per_image_bce_with_logits
 from .models import build_student, build_teacher, freeze
+from .resume import Checkpointing
 from .store import LabelledStore, TileStore
 from .files import atomic_path
 
@@ -156,17 +158,58 @@ class Selection:
         return value > self.best if self.mode == "max" else value < self.best
 
 
+class TrainingCollapsed(RuntimeError):
+    """Validation Dice stayed at ~0 for too many epochs: the model predicts nothing useful."""
+
+
+@dataclass
+class CollapseGuard:
+    """Stop a student stage whose validation Dice stays at or below ``min_dice`` for
+    ``patience`` consecutive epochs (config keys train.collapse_patience, train.collapse_dice)."""
+
+    patience: int
+    min_dice: float
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> CollapseGuard | None:
+        patience = cfg["train"]["collapse_patience"]
+        return cls(patience, cfg["train"]["collapse_dice"]) if patience else None
+
+    def check(self, rows: list[dict], stage: str) -> None:
+        dice = [row["val_dice"] for row in rows if "val_dice" in row]
+        stuck = 0
+        for value in reversed(dice):
+            if not value <= self.min_dice:
+                break
+            stuck += 1
+        if stuck >= self.patience:
+            raise TrainingCollapsed(
+                f"{stage}: validation Dice <= {self.min_dice:g} for {stuck} consecutive epochs "
+                f"(config keys train.collapse_patience = {self.patience}, train.collapse_dice); the model "
+                "predicts (almost) no foreground. Stopping without a checkpoint; lower the learning rate, "
+                "raise train.pos_weight, or check the masks.")
+
+
 def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
         models: dict[str, nn.Module], schedulers: list, selection: Selection, history_path: str | Path,
-        stage: str) -> dict[str, dict]:
+        stage: str, stateful: dict[str, Any] | None = None, resume: Checkpointing | None = None,
+        guard: CollapseGuard | None = None) -> dict[str, dict]:
     """Run ``epochs`` epochs; return the state dicts of ``models`` at the best epoch.
 
     After every epoch a row (train means, validation values, learning rate, seconds) is
-    appended to the per-epoch CSV, rewritten atomically so it is readable at any time.
+    appended to the per-epoch CSV, rewritten atomically so it is readable at any time, and,
+    with ``resume``, the whole training state is saved so a killed job continues from there.
+    ``stateful`` names what the state must hold besides the models (optimisers, schedulers,
+    the corruptor). ``guard`` stops a collapsing run with TrainingCollapsed.
     """
+    stateful = {**{f"model:{k}": m for k, m in models.items()}, **(stateful or {})}
     rows: list[dict] = []
     best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
-    for epoch in range(1, epochs + 1):
+    first = 1
+    if resume is not None and (state := resume.load(stateful)) is not None:
+        rows, best_states, first = state["rows"], state["best_states"], state["epoch"] + 1
+        selection.best, selection.epoch = state["selection"]
+    for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
         train_values = train_epoch(epoch)
@@ -185,6 +228,13 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
             best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
         log.info("%s epoch %d/%d: %s", stage, epoch, epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if resume is not None:
+            resume.save(epoch, rows, (selection.best, selection.epoch), best_states, stateful)
+        if guard is not None:
+            guard.check(rows, stage)
+    if first > epochs:  # resumed after the last epoch: the history file may have been removed
+        with atomic_path(history_path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
     log.info("%s: kept epoch %d (val %s = %.4g)", stage, selection.epoch, selection.key, selection.best)
     return best_states
 
@@ -277,7 +327,7 @@ def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], bat
 
 
 def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                     device: torch.device) -> nn.Module:
+                     device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
     """Teach the teacher to predict BCE(corrupted GT, GT) from (image, corrupted GT)."""
     stage_cfg = cfg["teacher_pretrain"]
     data = labelled_data(cfg, seed, files, device)
@@ -306,7 +356,8 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
 
     best = fit(stage_cfg["epochs"], train_epoch,
                lambda: teacher_validation(teacher, val_set, cfg["train"]["batch_size"], device),
-               {"teacher": teacher}, [scheduler], Selection("mse", "min"), history_path, "pretrain_teacher")
+               {"teacher": teacher}, [scheduler], Selection("mse", "min"), history_path, "pretrain_teacher",
+               {"optimizer": optimizer, "scheduler": scheduler, "corruptor": corruptor}, resume)
     teacher.load_state_dict(best["teacher"])
     return teacher
 
@@ -314,7 +365,7 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
 # ---------------------------------------------------------------- stage 2: student baseline
 
 def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                           device: torch.device) -> nn.Module:
+                           device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
     """BCE only, from scratch."""
     data = labelled_data(cfg, seed, files, device)
     student = new_student(cfg, device)
@@ -337,7 +388,8 @@ def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path:
 
     best = fit(cfg["student_baseline"]["epochs"], train_epoch,
                lambda: student_validation(student, data.val_items, cfg, device)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "student_baseline")
+               {"student": student}, [scheduler], Selection("iou"), history_path, "student_baseline",
+               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
     student.load_state_dict(best["student"])
     return student
 
@@ -345,7 +397,7 @@ def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path:
 # ---------------------------------------------------------------- stage 3: joint training
 
 def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, history_path: str | Path,
-                device: torch.device) -> tuple[nn.Module, nn.Module]:
+                device: torch.device, resume: Checkpointing | None = None) -> tuple[nn.Module, nn.Module]:
     """Student and teacher together; returns (teacher, student) of the best validation epoch.
 
     Per step: the student minimises its per-image BCE plus ``teacher_loss_weight`` times the
@@ -401,7 +453,9 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
         return {**values, "teacher_mae": agreement["mae"], "teacher_spearman": agreement["spearman"]}
 
     best = fit(stage_cfg["epochs"], train_epoch, validate, {"student": student, "teacher": teacher},
-               schedulers, Selection("iou"), history_path, "joint")
+               schedulers, Selection("iou"), history_path, "joint",
+               {"optimizer_student": opt_s, "optimizer_teacher": opt_t, "scheduler_student": schedulers[0],
+                "scheduler_teacher": schedulers[1], "corruptor": corruptor}, resume, CollapseGuard.from_config(cfg))
     student.load_state_dict(best["student"])
     teacher.load_state_dict(best["teacher"])
     return teacher, student
@@ -409,8 +463,8 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
 
 # ---------------------------------------------------------------- stage 4: knowledge expansion
 
-def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module,
-                   teacher: nn.Module, history_path: str | Path, device: torch.device) -> nn.Module:
+def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teacher: nn.Module,
+                   history_path: str | Path, device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
     """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
 
     Validation IoU on the labelled validation split picks the kept epoch (of epochs 1..N).
@@ -443,6 +497,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module,
 
     best = fit(stage_cfg["epochs"], train_epoch,
                lambda: student_validation(student, val_items, cfg, device)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "expand")
+               {"student": student}, [scheduler], Selection("iou"), history_path, "expand",
+               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
     student.load_state_dict(best["student"])
     return student

@@ -22,7 +22,8 @@ FIGURES = [
     "results/figures/training_curves.png",
     "results/figures/predictions.png",
 ]
-ENV = "../../envs/emkt.yaml"
+# One conda env per rule family (envs/*.yaml, paths relative to the rule files).
+ENVS = {family: f"../../envs/{family}.yaml" for family in ("data", "train", "report")}
 LABELLED_STORE = "results/store/labelled.json"
 POOL_STORE = "results/store/pool.json"
 STORE_SHARDS = {"labelled": config["store"]["labelled_shards"], "pool": config["store"]["pool_shards"]}
@@ -42,8 +43,14 @@ wildcard_constraints:
 
 
 def job_resources(kind):
-    """Resources of a kind of job (config 'resources.<kind>'), without threads."""
-    return {k: v for k, v in config["resources"][kind].items() if k != "threads"}
+    """Resources of a kind of job (config 'resources.<kind>'), without threads and retries."""
+    return {k: v for k, v in config["resources"][kind].items() if k not in ("threads", "retries")}
+
+
+def training_state(rule):
+    """Where a training rule keeps its resumable state (outside its outputs, which
+    Snakemake deletes when a job fails)."""
+    return f"results/state/{rule}/{{seed}}.pt"
 
 
 def data_dirs():

@@ -19,7 +19,7 @@ rule download_archive:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/download_archive.py"
 
@@ -39,7 +39,7 @@ rule extract_archive:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/extract_archive.py"
 
@@ -55,7 +55,7 @@ rule generate_synthetic_data:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/generate_synthetic.py"
 
@@ -65,7 +65,7 @@ rule index_data:
         raw_data,
     output:
         index="results/data/index.csv",
-        excluded="results/data/excluded.csv",
+        excluded=report("results/data/excluded.csv", caption="../report/excluded.rst", category="Data"),
     params:
         **data_dirs(),
         max_excluded_fraction=config["data"]["max_excluded_fraction"],
@@ -78,7 +78,7 @@ rule index_data:
     resources:
         **job_resources("data"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/index_data.py"
 
@@ -99,7 +99,7 @@ rule pack_labelled_shard:
     resources:
         **job_resources("data"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/pack_shard.py"
 
@@ -121,7 +121,7 @@ rule pack_pool_shard:
     resources:
         **job_resources("data"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/pack_shard.py"
 
@@ -141,7 +141,7 @@ rule store_manifest:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/store_manifest.py"
 
@@ -161,6 +161,6 @@ rule split_data:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["data"]
     script:
         "../scripts/split_data.py"

@@ -17,7 +17,7 @@ rule evaluate_student:
     resources:
         **job_resources("evaluate"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/evaluate_student.py"
 
@@ -42,6 +42,6 @@ rule evaluate_teacher:
     resources:
         **job_resources("evaluate"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/evaluate_teacher.py"

@@ -17,7 +17,7 @@ rule aggregate:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["report"]
     script:
         "../scripts/aggregate.py"
 
@@ -37,7 +37,7 @@ rule plot_metrics:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["report"]
     script:
         "../scripts/plot_metrics.py"
 
@@ -55,7 +55,7 @@ rule plot_teacher_scatter:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["report"]
     script:
         "../scripts/plot_teacher_scatter.py"
 
@@ -76,7 +76,7 @@ rule plot_training_curves:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["report"]
     script:
         "../scripts/plot_training_curves.py"
 
@@ -97,6 +97,6 @@ rule plot_predictions:
     resources:
         **job_resources("light"),
     conda:
-        ENV
+        ENVS["report"]
     script:
         "../scripts/plot_predictions.py"

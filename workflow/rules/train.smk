@@ -11,16 +11,18 @@ rule pretrain_teacher:
         model="results/models/teacher_pretrained_{seed}.pth",
         history="results/history/teacher_pretrained_{seed}.csv",
     params:
+        state=training_state("pretrain_teacher"),
         **training_params("teacher", "teacher_pretrain"),
     log:
         "results/logs/pretrain_teacher/{seed}.log",
     benchmark:
         "results/benchmarks/pretrain_teacher/{seed}.tsv"
+    retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
         **job_resources("train"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/pretrain_teacher.py"
 
@@ -33,16 +35,18 @@ rule train_student_baseline:
         model="results/models/student_baseline_{seed}.pth",
         history="results/history/student_baseline_{seed}.csv",
     params:
+        state=training_state("train_student_baseline"),
         **training_params("student", "student_baseline"),
     log:
         "results/logs/train_student_baseline/{seed}.log",
     benchmark:
         "results/benchmarks/train_student_baseline/{seed}.tsv"
+    retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
         **job_resources("train"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/train_student_baseline.py"
 
@@ -57,16 +61,18 @@ rule joint_train:
         student="results/models/student_joint_{seed}.pth",
         history="results/history/joint_{seed}.csv",
     params:
+        state=training_state("joint_train"),
         **training_params("student", "teacher", "joint"),
     log:
         "results/logs/joint_train/{seed}.log",
     benchmark:
         "results/benchmarks/joint_train/{seed}.tsv"
+    retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
         **job_resources("train"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/joint_train.py"
 
@@ -82,15 +88,17 @@ rule expand_student:
         model="results/models/student_expanded_{seed}.pth",
         history="results/history/student_expanded_{seed}.csv",
     params:
+        state=training_state("expand_student"),
         **training_params("expand"),
     log:
         "results/logs/expand_student/{seed}.log",
     benchmark:
         "results/benchmarks/expand_student/{seed}.tsv"
+    retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
         **job_resources("train"),
     conda:
-        ENV
+        ENVS["train"]
     script:
         "../scripts/expand_student.py"

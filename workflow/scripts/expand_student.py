@@ -1,9 +1,10 @@
 """Stage 4: knowledge expansion of the joint student on the unlabelled pool."""
 
-from jobsetup import start_torch_job
+from jobsetup import start_torch_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
+resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import load_model, save_model
 from emkt.train import DataFiles, expand_student
@@ -11,6 +12,7 @@ from emkt.train import DataFiles, expand_student
 student, _ = load_model(snakemake.input.student, expected_kind="student")
 teacher, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
 files = DataFiles(snakemake.input.split, snakemake.input.labelled, snakemake.input.pool)
-student = expand_student(config, seed, files, student, teacher, snakemake.output.history, device)
+student = expand_student(config, seed, files, student, teacher, snakemake.output.history, device, resume)
 save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
            {"condition": "expanded", "seed": seed})
+resume.clear()

@@ -40,3 +40,12 @@ def start_torch_job(snakemake, seed: int | None = None):
     device = select_device(config["device"])
     logging.getLogger("emkt").info("running on %s with %d thread(s)", device, snakemake.threads)
     return config, device
+
+
+def training_checkpointing(snakemake, config: dict, seed: int):
+    """The resumable state of a training job: its file (rule param 'state') and a
+    fingerprint of the config, the job's inputs, the rule and the seed."""
+    from emkt.resume import Checkpointing, fingerprint
+
+    return Checkpointing(Path(snakemake.params.state),
+                         fingerprint(config, list(snakemake.input), rule=snakemake.rule, seed=seed))

@@ -1,16 +1,19 @@
 """Stage 3: joint teacher-student training from the pretrained teacher."""
 
-from jobsetup import start_torch_job
+from jobsetup import start_torch_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
+resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import load_model, save_model
 from emkt.train import DataFiles, joint_train
 
 pretrained, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
-teacher, student = joint_train(config, seed, DataFiles(snakemake.input.split, snakemake.input.labelled), pretrained, snakemake.output.history, device)
+files = DataFiles(snakemake.input.split, snakemake.input.labelled)
+teacher, student = joint_train(config, seed, files, pretrained, snakemake.output.history, device, resume)
 save_model(snakemake.output.teacher, teacher, "teacher", config["teacher"], config["input_size"],
            {"stage": "joint", "seed": seed})
 save_model(snakemake.output.student, student, "student", config["student"], config["input_size"],
            {"condition": "joint", "seed": seed})
+resume.clear()
