@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
+# First on the path, even when it is there already: Snakemake's script preamble appends the
+# workflow process's sys.path (which holds SRC, after site-packages), so an installed emkt,
+# e.g. an editable install of another checkout, would otherwise shadow this repository's.
+if SRC.is_dir() and sys.path[:1] != [str(SRC)]:
     sys.path.insert(0, str(SRC))
 
 
