@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,32 @@ TINY = {
                   "data": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "light": {"threads": 1, "mem_mb": 500, "runtime": 5}},
 }
+
+
+def snakemake_command(workdir: Path, config: dict, *args: str, cores: int | None = 2) -> list[str]:
+    """The command running the repository's Snakefile in ``workdir`` with config.yaml
+    overridden by ``config`` (written to ``workdir/test_config.yaml``)."""
+    import sys
+
+    import yaml
+
+    override = workdir / "test_config.yaml"
+    override.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(REPO / "config.yaml"), str(override)]
+    return command + (["--cores", str(cores)] if cores else []) + list(args)
+
+
+def job_stats(output: str) -> Counter:
+    """Rule counts from the 'Job stats' table Snakemake prints (dry runs too)."""
+    counts: Counter = Counter()
+    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
 
 
 def merged(base: dict, update: dict) -> dict:

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, job_stats, snakemake_command
 
 pytestmark = pytest.mark.workflow
 
@@ -136,10 +136,7 @@ def cancel_leftover_jobs() -> None:
 def start_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.Popen:
     """Start the repository's Snakefile in ``workdir``; stdout and stderr go to
     ``<workdir>.out`` (a file, so that two runs at once cannot block on a full pipe)."""
-    override = workdir / "test_config.yaml"
-    override.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), str(override), *args]
+    command = snakemake_command(workdir, config, *args, cores=None)
     with open(f"{workdir}.out", "w") as log:
         return subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -171,18 +168,6 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def job_counts(output: str) -> Counter:
-    """Rule counts from the 'Job stats' table Snakemake prints at the start."""
-    counts: Counter = Counter()
-    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 def sacct_jobs(run_name: str, since: datetime) -> list[dict]:
@@ -271,7 +256,7 @@ def test_demo_dag_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
 
     # Every job Snakemake ran went to SLURM, except rule 'all' (no command, nothing to run).
     seeds = len(RUN_CONFIG["seeds"])
-    planned = job_counts(output)
+    planned = job_stats(output)
     finished = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
     assert finished == planned and "steps (100%) done" in output
     assert finished.pop("all") == 1 and all(finished[rule] == seeds for rule in TRAINING_RULES)

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tifffile
 import torch
 from scipy import ndimage as ndi

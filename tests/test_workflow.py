@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,21 +17,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY, merged
+from conftest import REPO, TINY, job_stats, merged, snakemake_command
 from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
 
 FIGURES = ["metrics.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
-
-
-def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
-    """The command running the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
-    override = workdir / "test_config.yaml"
-    override.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(REPO / "config.yaml"), str(override), "--cores", "2", *args]
 
 
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,19 +33,6 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
-
-
-def planned_jobs(output: str) -> Counter:
-    """Rule counts from the 'Job stats' table of a dry run."""
-    counts: Counter = Counter()
-    table = output.split("Job stats:", 1)[1]
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +53,14 @@ def test_lint_is_clean():
 def test_paper_config_plans_every_stage_per_seed(tmp_path):
     """The paper's DAG (5 seeds, EMPIAR data) resolves before anything is downloaded."""
     result = snakemake(tmp_path, {}, "-n")
-    jobs = planned_jobs(result.stdout + result.stderr)
+    jobs = job_stats(result.stdout + result.stderr)
     assert jobs["pretrain_teacher"] == jobs["train_student_baseline"] == jobs["joint_train"] == jobs["expand_student"] == 5
     assert jobs["evaluate_student"] == 15 and jobs["evaluate_teacher"] == 10
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
     assert jobs["pack_labelled_shard"] == 8 and jobs["pack_pool_shard"] == 64 and jobs["store_manifest"] == 2
     assert "generate_synthetic_data" not in jobs
     folder = snakemake(tmp_path, {"data": {"source": "folder", "labelled_dir": "lab", "unlabelled_dir": "pool"}}, "-n")
-    jobs = planned_jobs(folder.stdout + folder.stderr)
+    jobs = job_stats(folder.stdout + folder.stderr)
     assert "download_archive" not in jobs and jobs["index_data"] == 1 and jobs["pack_pool_shard"] == 64
 
 
@@ -126,7 +104,7 @@ def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_r
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     (models / "student_expanded_1.pth").touch()
     dry = snakemake(demo_run, TINY, "-n")
-    jobs = planned_jobs(dry.stdout + dry.stderr)
+    jobs = job_stats(dry.stdout + dry.stderr)
     assert not TRAINING_RULES & set(jobs)
     assert jobs == Counter({"evaluate_student": 1, "evaluate_teacher": 2, "aggregate": 1, "plot_metrics": 1,
                             "plot_teacher_scatter": 1, "all": 1})
@@ -195,7 +173,7 @@ def test_packing_interrupted_after_one_shard_repacks_only_the_missing_one(demo_r
         path.unlink()
     try:
         dry = snakemake(demo_run, TINY, "-n", "results/store/pool.json")
-        jobs = planned_jobs(dry.stdout + dry.stderr)
+        jobs = job_stats(dry.stdout + dry.stderr)
         assert jobs["pack_pool_shard"] == 1 and jobs["store_manifest"] == 1
         assert not {"pack_labelled_shard", "index_data", "split_data", "joint_train"} & set(jobs)
     finally:
