@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset  # noqa: E402
 
 from emkt.datasets import PoolCrops  # noqa: E402
 from emkt.indexing import build_index  # noqa: E402
-from emkt.store import TileStore, pack_pool_shard, shard_rows, write_manifest  # noqa: E402
+from emkt.store import TileStore, pack_store  # noqa: E402
 from emkt.synthetic import render_em_image, source_style  # noqa: E402
 
 TILE = 224
@@ -83,14 +83,7 @@ def pack_pool(index, store_dir: Path, workers: int) -> tuple[Path, float]:
     if manifest.exists():
         return manifest, 0.0
     start = time.perf_counter()
-    shards = max(1, round(len(index) / SHARD_IMAGES))
-    files = []
-    for k in range(shards):
-        rows = index.iloc[list(shard_rows(len(index), shards, k))]
-        pack_pool_shard(rows, TILE, store_dir / f"pool/shard-{k:05d}.npy", store_dir / f"pool/shard-{k:05d}.origin.npy",
-                        processes=workers)
-        files.append(store_dir / f"pool/shard-{k:05d}.npy")
-    write_manifest("pool", files, manifest, tile=TILE)
+    pack_store(index, "pool", store_dir, max(1, round(len(index) / SHARD_IMAGES)), tile=TILE, processes=workers)
     return manifest, time.perf_counter() - start
 
 

@@ -95,26 +95,16 @@ def prepare_data(labelled_dir: Path, pool_dir: Path | None, out: Path, config: d
     """Index, pack and split a data folder the way the workflow's rules do; returns DataFiles."""
     from emkt.data import split_index
     from emkt.indexing import build_index
-    from emkt.store import pack_labelled_shard, pack_pool_shard, shard_rows, write_manifest
+    from emkt.store import pack_store
     from emkt.train import DataFiles
 
     index, _ = build_index(labelled_dir, pool_dir)
     labelled = index[index["set"] == "labelled"].reset_index(drop=True)
     pool = index[index["set"] == "unlabelled"].reset_index(drop=True)
     store = config["store"]
-    tables, arrays = [], []
-    for k in range(store["labelled_shards"]):
-        rows = labelled.iloc[list(shard_rows(len(labelled), store["labelled_shards"], k))]
-        pack_labelled_shard(rows, out / f"labelled/shard-{k:05d}.bin", out / f"labelled/shard-{k:05d}.csv")
-        tables.append(out / f"labelled/shard-{k:05d}.csv")
-    write_manifest("labelled", tables, out / "labelled.json")
+    pack_store(labelled, "labelled", out, store["labelled_shards"])
     if len(pool):
-        for k in range(store["pool_shards"]):
-            rows = pool.iloc[list(shard_rows(len(pool), store["pool_shards"], k))]
-            pack_pool_shard(rows, store["pool_tile"], out / f"pool/shard-{k:05d}.npy",
-                            out / f"pool/shard-{k:05d}.origin.npy")
-            arrays.append(out / f"pool/shard-{k:05d}.npy")
-        write_manifest("pool", arrays, out / "pool.json", tile=store["pool_tile"])
+        pack_store(pool, "pool", out, store["pool_shards"], tile=store["pool_tile"])
     split = config["split"]
     table = split_index(labelled.drop(columns="set"), split["train"], split["val"], split["test"], split["seed"],
                         group_by)

@@ -10,8 +10,7 @@ from torch.utils.data import DataLoader
 from emkt.data import read_tiff, to_grey_uint8
 from emkt.datasets import PoolCrops
 from emkt.indexing import build_index
-from emkt.store import (LabelledStore, StoreError, TileStore, cut_tiles, pack_labelled_shard, pack_pool_shard,
-                        shard_rows, tile_count, write_manifest)
+from emkt.store import LabelledStore, StoreError, TileStore, cut_tiles, pack_store, shard_rows, tile_count
 
 
 def test_shard_rows_cover_every_row_once():
@@ -35,16 +34,8 @@ def test_tiles_cover_large_images_and_pad_small_ones():
 def pack(index, out, shards=2, tile=224, processes=1):
     labelled = index[index["set"] == "labelled"].reset_index(drop=True)
     pool = index[index["set"] == "unlabelled"].reset_index(drop=True)
-    tables, arrays = [], []
-    for k in range(shards):
-        rows = labelled.iloc[list(shard_rows(len(labelled), shards, k))]
-        pack_labelled_shard(rows, out / f"labelled/shard-{k:05d}.bin", out / f"labelled/shard-{k:05d}.csv", processes)
-        tables.append(out / f"labelled/shard-{k:05d}.csv")
-        rows = pool.iloc[list(shard_rows(len(pool), shards, k))]
-        pack_pool_shard(rows, tile, out / f"pool/shard-{k:05d}.npy", out / f"pool/shard-{k:05d}.origin.npy", processes)
-        arrays.append(out / f"pool/shard-{k:05d}.npy")
-    write_manifest("labelled", tables, out / "labelled.json")
-    write_manifest("pool", arrays, out / "pool.json", tile=tile)
+    pack_store(labelled, "labelled", out, shards, processes=processes)
+    pack_store(pool, "pool", out, shards, tile=tile, processes=processes)
     return labelled, pool
 
 

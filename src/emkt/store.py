@@ -154,6 +154,26 @@ def pack_pool_shard(rows: pd.DataFrame, tile: int, npy_path: str | Path, origin_
     return total
 
 
+def pack_store(rows: pd.DataFrame, store_set: str, out_dir: str | Path, shards: int, tile: int | None = None,
+               processes: int = 1) -> Path:
+    """Pack index rows into ``out_dir/<set>/shard-NNNNN.*`` and ``out_dir/<set>.json`` in this
+    process: what the workflow's per-shard pack jobs and store_manifest do as separate jobs
+    (for tests, benchmarks and notebooks). Returns the manifest."""
+    out_dir, files = Path(out_dir), []
+    for k in range(shards):
+        part = rows.iloc[list(shard_rows(len(rows), shards, k))]
+        prefix = out_dir / store_set / shard_name(k)
+        if store_set == "labelled":
+            pack_labelled_shard(part, prefix.with_suffix(".bin"), prefix.with_suffix(".csv"), processes)
+            files.append(prefix.with_suffix(".csv"))
+        else:
+            pack_pool_shard(part, tile, prefix.with_suffix(".npy"), prefix.with_suffix(".origin.npy"), processes)
+            files.append(prefix.with_suffix(".npy"))
+    manifest = out_dir / f"{store_set}.json"
+    write_manifest(store_set, files, manifest, tile=tile)
+    return manifest
+
+
 def write_manifest(store_set: str, shard_files: list[str | Path], manifest_path: str | Path,
                    tile: int | None = None) -> dict:
     """The store's entry point: format, shard files (relative to the manifest) and counts."""
@@ -305,26 +325,21 @@ class TileStore:
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
-    def _where(self, index: int) -> tuple[int, int]:
-        """(shard, byte offset) of tile ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"tile {index} is outside the pool of {len(self)}")
-        shard = int(np.searchsorted(self._ends, index, side="right"))
-        first = int(self._ends[shard - 1]) if shard else 0
-        return shard, int(self._offsets[shard]) + (index - first) * self.tile * self.tile
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, byte offset) of each tile index: the one place tile addresses are computed."""
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"tile index outside the pool of {len(self)}: {indices.min()}..{indices.max()}")
+        shards = np.searchsorted(self._ends, indices, side="right")
+        firsts = np.where(shards > 0, self._ends[np.maximum(shards - 1, 0)], 0)
+        return shards, self._offsets[shards] + (indices - firsts) * self.tile * self.tile
 
     def tile_at(self, index: int) -> np.ndarray:
-        shard, offset = self._where(index)
-        return self._files.read_array(shard, offset, (self.tile, self.tile), "u1")
+        (shard,), (offset,) = self._locate(np.array([index], dtype=np.int64))
+        return self._files.read_array(int(shard), int(offset), (self.tile, self.tile), "u1")
 
     def tiles(self, indices: Sequence[int]) -> np.ndarray:
         """Tiles ``indices`` as one (n, tile, tile) array, each read straight into its slot."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"tile indices outside the pool of {len(self)}")
-        shards = np.searchsorted(self._ends, indices, side="right")
-        firsts = np.where(shards > 0, self._ends[np.maximum(shards - 1, 0)], 0)
-        offsets = self._offsets[shards] + (indices - firsts) * self.tile * self.tile
+        shards, offsets = self._locate(np.asarray(indices, dtype=np.int64))
         out = np.empty((len(indices), self.tile, self.tile), dtype=np.uint8)
         # In file order: neighbouring reads help the disk's read-ahead when the cache is cold.
         for slot in np.lexsort((offsets, shards)):
