@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from emkt.tables import LONG_COLUMNS, read_long_tables, summarize, to_markdown
+from emkt.tables import LONG_COLUMNS, paired_difference, read_long_tables, summarize, to_markdown
+
+# Student's t quantiles t(0.975, df) from a printed table
+T975 = {1: 12.706205, 2: 4.302653}
 
 
 def long_frame() -> pd.DataFrame:
@@ -39,7 +45,8 @@ def test_mean_sd_and_seed_columns():
     s = summarize(long_frame())
     assert list(s.columns) == [
         "model", "condition", "metric", "n_seeds", "mean", "sd",
-        "delta_mean", "delta_sd", "seed_0", "seed_1", "seed_2",
+        "delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "n_pairs",
+        "seed_0", "seed_1", "seed_2",
     ]  # fmt: skip
     base = row(s, "student", "baseline", "iou")
     assert base["mean"] == pytest.approx(0.60)
@@ -47,7 +54,9 @@ def test_mean_sd_and_seed_columns():
     assert base["sd"] == pytest.approx(0.02)
     assert base["n_seeds"] == 3
     assert [base["seed_0"], base["seed_1"], base["seed_2"]] == pytest.approx([0.60, 0.62, 0.58])
-    assert math.isnan(base["delta_mean"]) and math.isnan(base["delta_sd"])
+    # the reference student is not compared with itself
+    assert base[["delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value"]].isna().all()
+    assert base["n_pairs"] == 0
 
     exp = row(s, "student", "expanded", "iou")
     assert exp["mean"] == pytest.approx(0.65)
@@ -55,6 +64,13 @@ def test_mean_sd_and_seed_columns():
     # paired differences by seed: 0.05, 0.08, 0.02 -> mean 0.05, sd 0.03
     assert exp["delta_mean"] == pytest.approx(0.05)
     assert exp["delta_sd"] == pytest.approx(0.03)
+    assert exp["n_pairs"] == 3
+    half = T975[2] * 0.03 / math.sqrt(3)  # = 0.074524
+    assert exp["delta_ci_low"] == pytest.approx(0.05 - half, abs=1e-6)
+    assert exp["delta_ci_high"] == pytest.approx(0.05 + half, abs=1e-6)
+    # t = 0.05 / (0.03 / sqrt 3), t^2 = 25/3; with 2 df, two-sided p = 1 - t / sqrt(2 + t^2)
+    assert exp["p_value"] == pytest.approx(1 - 5 / math.sqrt(31))  # 0.10197
+    assert exp["p_value"] == pytest.approx(stats.ttest_rel([0.65, 0.70, 0.60], [0.60, 0.62, 0.58]).pvalue)
 
 
 def test_stable_order_of_first_appearance():
@@ -75,15 +91,17 @@ def test_one_seed_and_teacher_rows():
     dice = row(s, "student", "expanded", "dice")
     assert dice["n_seeds"] == 1 and dice["mean"] == pytest.approx(0.80)
     assert math.isnan(dice["sd"])
-    # one paired seed: delta mean defined, no spread
+    # one paired seed: delta mean defined, no spread, no interval, no test
     assert dice["delta_mean"] == pytest.approx(0.05)
-    assert math.isnan(dice["delta_sd"])
+    assert dice[["delta_sd", "delta_ci_low", "delta_ci_high", "p_value"]].isna().all()
+    assert dice["n_pairs"] == 1
     assert math.isnan(dice["seed_1"])
 
     mae = row(s, "teacher", "joint", "mae")
     assert mae["mean"] == pytest.approx(0.06)
     assert mae["sd"] == pytest.approx(math.sqrt(2 * 0.01**2))
-    assert math.isnan(mae["delta_mean"])  # no delta for the teacher
+    # no delta for the teacher
+    assert mae[["delta_mean", "delta_ci_low", "p_value"]].isna().all() and mae["n_pairs"] == 0
 
 
 def test_missing_reference_gives_nan_delta():
@@ -92,6 +110,7 @@ def test_missing_reference_gives_nan_delta():
     exp = row(s, "student", "expanded", "iou")
     assert exp["mean"] == pytest.approx(0.65)
     assert math.isnan(exp["delta_mean"]) and math.isnan(exp["delta_sd"])
+    assert math.isnan(exp["p_value"]) and exp["n_pairs"] == 0
 
     other = summarize(long, reference="expanded")
     base = row(other, "student", "baseline", "iou")
@@ -106,6 +125,69 @@ def test_delta_pairs_only_shared_seeds():
     # pairs for seeds 0 and 1 only: 0.05, 0.08
     assert exp["delta_mean"] == pytest.approx(0.065)
     assert exp["delta_sd"] == pytest.approx(math.sqrt(2 * 0.015**2))
+    assert exp["n_pairs"] == 2
+    # sd / sqrt(2) = 0.015; with 1 df the t CDF is 1/2 + atan(t)/pi
+    assert exp["delta_ci_high"] == pytest.approx(0.065 + T975[1] * 0.015, abs=1e-6)
+    assert exp["p_value"] == pytest.approx(1 - 2 * math.atan(0.065 / 0.015) / math.pi)
+
+    # a NaN value counts as missing, like an absent row
+    long = long_frame()
+    long.loc[(long.condition == "baseline") & (long.seed == 2) & (long.metric == "iou"), "value"] = np.nan
+    assert row(summarize(long), "student", "expanded", "iou")["n_pairs"] == 2
+
+
+def test_identical_differences_give_no_test():
+    # differences 0.1 each, equal only up to rounding (0.7 - 0.6 != 0.8 - 0.7 in floats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy would warn about catastrophic cancellation
+        got = paired_difference(np.array([0.7, 0.8, 0.3]), np.array([0.6, 0.7, 0.2]))
+        zero = paired_difference(np.array([0.5, 0.5]), np.array([0.5, 0.5]))
+    assert got["delta_mean"] == pytest.approx(0.1)
+    assert got["delta_sd"] == 0.0
+    assert got["delta_ci_low"] == got["delta_ci_high"] == got["delta_mean"]
+    assert math.isnan(got["p_value"]) and got["n_pairs"] == 3
+    assert zero["delta_mean"] == zero["delta_sd"] == zero["delta_ci_low"] == 0.0
+    assert math.isnan(zero["p_value"])
+
+
+def test_paired_difference_small_cases():
+    none = paired_difference(np.array([0.5, np.nan]), np.array([np.nan, 0.4]))
+    assert none["n_pairs"] == 0 and math.isnan(none["delta_mean"])
+    # a genuine small spread is tested, not taken for rounding
+    close = paired_difference(np.array([0.601, 0.602, 0.600]), np.array([0.6, 0.6, 0.6]))
+    assert close["delta_sd"] == pytest.approx(0.001) and 0 < close["p_value"] < 1
+
+
+def reference_frame() -> pd.DataFrame:
+    long = long_frame()
+    rows = [
+        # ensemble - baseline by seed: 0.04, 0.06, 0.08 -> mean 0.06, sd 0.02
+        ("reference", "ensemble", 0, "iou", 0.64),
+        ("reference", "ensemble", 1, "iou", 0.68),
+        ("reference", "ensemble", 2, "iou", 0.66),
+        ("reference", "unet", 1, "iou", 0.52),
+        ("reference", "baseline", 0, "iou", 0.70),  # a reference network named like the student
+        ("teacher", "baseline", 0, "iou", 0.9),  # never compared
+    ]
+    return pd.concat([long, pd.DataFrame(rows, columns=LONG_COLUMNS)], ignore_index=True)
+
+
+def test_reference_models_compared_with_the_baseline_student():
+    s = summarize(reference_frame())
+    ens = row(s, "reference", "ensemble", "iou")
+    assert ens["delta_mean"] == pytest.approx(0.06)
+    assert ens["delta_sd"] == pytest.approx(0.02)
+    half = T975[2] * 0.02 / math.sqrt(3)
+    assert [ens["delta_ci_low"], ens["delta_ci_high"]] == pytest.approx([0.06 - half, 0.06 + half])
+    # t = 0.06 / (0.02 / sqrt 3), t^2 = 27 -> p = 1 - sqrt(27 / 29)
+    assert ens["p_value"] == pytest.approx(1 - math.sqrt(27 / 29))
+
+    unet = row(s, "reference", "unet", "iou")
+    assert unet["delta_mean"] == pytest.approx(-0.10) and unet["n_pairs"] == 1
+    ref_base = row(s, "reference", "baseline", "iou")
+    assert ref_base["delta_mean"] == pytest.approx(0.10) and ref_base["n_pairs"] == 1
+    assert row(s, "teacher", "baseline", "iou")["n_pairs"] == 0
+    assert math.isnan(row(s, "student", "baseline", "iou")["delta_mean"])
 
 
 def test_duplicates_rejected():
@@ -116,14 +198,47 @@ def test_duplicates_rejected():
 
 def test_markdown_contains_formatted_values():
     text = to_markdown(summarize(long_frame()), digits=3)
-    lines = text.strip().splitlines()
-    assert lines[0] == "| model | condition | metric | mean ± sd | Δ vs baseline | seed values |"
+    table, note = text.strip().split("\n\n")
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| model | condition | metric | mean ± sd | Δ vs baseline | p (paired t) | seed values |"
+    )
     assert len(lines) == 2 + 6
-    assert "| student | baseline | iou | 0.600 ± 0.020 | – | 0.600, 0.620, 0.580 |" in text
-    assert "| student | expanded | iou | 0.650 ± 0.050 | +0.050 ± 0.030 | 0.650, 0.700, 0.600 |" in text
-    assert "| student | expanded | dice | 0.800 | +0.050 | 0.800, –, – |" in text
-    assert "| teacher | joint | mae | 0.060 ± 0.014 | – | 0.050, 0.070, – |" in text
-    assert "0.6500 ± 0.0500" in to_markdown(summarize(long_frame()), digits=4)
+    assert "| student | baseline | iou | 0.600 ± 0.020 | – | – | 0.600, 0.620, 0.580 |" in text
+    # CI 0.05 -/+ 0.0745 = [-0.0245, 0.1245]; p = 0.10197
+    assert (
+        "| student | expanded | iou | 0.650 ± 0.050 | +0.050 ± 0.030 [-0.025, +0.125] | 0.102 "
+        "| 0.650, 0.700, 0.600 |"
+    ) in text
+    assert "| student | expanded | dice | 0.800 | +0.050 | 1 seed: no test | 0.800, –, – |" in text
+    assert "| teacher | joint | mae | 0.060 ± 0.014 | – | – | 0.050, 0.070, – |" in text
+    assert "0.6500 ± 0.0500 | +0.0500 ± 0.0300 [-0.0245, +0.1245]" in to_markdown(
+        summarize(long_frame()), digits=4
+    )
+    assert note == (
+        "Δ: paired difference to the baseline student over seeds "
+        "(mean ± sd [95% CI, t distribution]); p: two-sided paired t-test. n seeds: 1–3, by row."
+    )
+
+
+def test_markdown_p_values_and_no_test_cases():
+    long = reference_frame()
+    # identical differences for dice: expanded - baseline = 0.05 on seeds 0 and 1
+    extra = [("student", "baseline", 1, "dice", 0.70), ("student", "expanded", 1, "dice", 0.75)]
+    long = pd.concat([long, pd.DataFrame(extra, columns=LONG_COLUMNS)], ignore_index=True)
+    summary = summarize(long)
+    text = to_markdown(summary)
+    assert "| reference | ensemble | iou | 0.660 ± 0.020 | +0.060 ± 0.020 [+0.010, +0.110] | 0.035 |" in text
+    assert "| reference | unet | iou | 0.520 | -0.100 | 1 seed: no test | –, 0.520, – |" in text
+    assert "| teacher | baseline | iou | 0.900 | – | – |" in text
+    assert "| +0.050 ± 0.000 [+0.050, +0.050] | sd 0: no test |" in text
+
+    # tiny p-values are written as a bound; a missing reference leaves no comparison
+    tiny = summary.assign(p_value=np.where(summary["p_value"].notna(), 1e-5, np.nan))
+    assert "| <0.001 |" in to_markdown(tiny)
+    alone = summarize(long[long.condition != "baseline"])
+    assert "n seeds: none." in to_markdown(alone)
+    assert "| student | expanded | iou | 0.650 ± 0.050 | – | – |" in to_markdown(alone)
 
 
 def test_read_long_tables(tmp_path):

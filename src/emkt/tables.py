@@ -2,6 +2,8 @@
 
 The long format has one row per ``model, condition, seed, metric, value``, for example
 ``("student", "baseline", 0, "iou", 0.61)`` or ``("teacher", "joint", 0, "mae", 0.05)``.
+``model`` is "student" (the segmentation students), "reference" (segmentation networks
+that serve as references, e.g. an ensemble) or "teacher" (loss predictors).
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-__all__ = ["LONG_COLUMNS", "read_long_tables", "summarize", "to_markdown"]
+__all__ = ["LONG_COLUMNS", "paired_difference", "read_long_tables", "summarize", "to_markdown"]
 
 LONG_COLUMNS = ["model", "condition", "seed", "metric", "value"]
 KEYS = ["model", "condition", "metric"]
-# paired differences to the reference condition only make sense for the student
-DELTA_MODEL = "student"
+# segmentation networks are compared with the reference student; teachers predict losses,
+# so a difference to a student's metric would mean nothing for them
+COMPARED_MODELS = ("student", "reference")
+REFERENCE_MODEL = "student"
+DELTA_COLUMNS = ["delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "n_pairs"]
+CONFIDENCE = 0.95
+# differences this close (relative to the compared values) are identical up to rounding,
+# e.g. 0.7 - 0.6 vs 0.8 - 0.7; a t-test on them would report a spurious p of ~0
+IDENTICAL_RTOL = 1e-9
 
 
 def _check_long(long: pd.DataFrame, source: str = "long table") -> None:
@@ -41,16 +51,65 @@ def _mean_sd(values: np.ndarray) -> tuple[float, float, int]:
     return mean, sd, n
 
 
-def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
-    """Mean and spread over seeds, one row per (model, condition, metric).
+def paired_difference(values: np.ndarray, reference: np.ndarray) -> dict[str, float | int]:
+    """Paired comparison ``values - reference`` over the seeds finite in both.
 
-    Columns: ``model, condition, metric, n_seeds, mean, sd, delta_mean, delta_sd`` and one
-    ``seed_<s>`` column per seed (sorted; NaN where a seed is missing). ``mean``/``sd``
-    (ddof=1, NaN with one seed) and ``n_seeds`` count only finite values. For student rows,
-    ``delta_*`` summarise the per-seed paired differences ``condition - reference``, over
-    seeds present in both; they are NaN for the reference itself, for teacher rows and when
-    the reference is missing. Rows are ordered by model, condition and metric, each in order
-    of first appearance. The reference name is kept in ``summary.attrs["reference"]``.
+    Returns the ``DELTA_COLUMNS``: mean and sd (ddof=1) of the per-seed differences, the
+    95% confidence interval of the mean from Student's t, the two-sided paired t-test p-value
+    and the number of pairs. With no pair everything is NaN; with one pair only the mean is
+    defined; with identical differences (sd 0) the interval is [mean, mean] and p is NaN,
+    since the t statistic is undefined.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    both = np.isfinite(values) & np.isfinite(reference)
+    diffs = values[both] - reference[both]
+    n = int(diffs.size)
+    nan = float("nan")
+    out: dict[str, float | int] = dict.fromkeys(DELTA_COLUMNS, nan)
+    out["n_pairs"] = n
+    if n == 0:
+        return out
+    mean = float(diffs.mean())
+    out["delta_mean"] = mean
+    if n == 1:
+        return out
+    scale = max(float(np.abs(values[both]).max()), float(np.abs(reference[both]).max()))
+    if np.ptp(diffs) <= IDENTICAL_RTOL * scale:
+        # explicit, because scipy returns inf/NaN here with a precision-loss warning
+        out.update(delta_sd=0.0, delta_ci_low=mean, delta_ci_high=mean)
+        return out
+    sd = float(diffs.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+    p_value = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    out.update(delta_sd=sd, delta_ci_low=mean - half, delta_ci_high=mean + half, p_value=p_value)
+    return out
+
+
+def _no_comparison() -> dict[str, float | int]:
+    return {**dict.fromkeys(DELTA_COLUMNS, float("nan")), "n_pairs": 0}
+
+
+def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
+    """Mean and spread over seeds, and a paired comparison with the reference student.
+
+    One row per (model, condition, metric). Columns:
+
+    - ``model, condition, metric``; ``n_seeds``, ``mean``, ``sd``: over finite values only
+      (sd with ddof=1, NaN with one seed);
+    - ``delta_mean, delta_sd``: mean and sd of the per-seed differences ``row - reference``,
+      where the reference is the row (model "student", condition ``reference``, same metric)
+      and only seeds finite in both are paired;
+    - ``delta_ci_low, delta_ci_high``: 95% confidence interval of ``delta_mean`` (Student's t);
+    - ``p_value``: two-sided paired t-test of "no difference";
+    - ``n_pairs``: number of paired seeds (0 where there is no comparison);
+    - ``seed_<s>``: the value per seed (sorted; NaN where a seed is missing).
+
+    Only "student" and "reference" rows are compared; the delta columns are NaN for teacher
+    rows, for the reference student itself and when the reference is missing. See
+    ``paired_difference`` for one or identical differences. Rows are ordered by model,
+    condition and metric, each in order of first appearance. The reference name is kept in
+    ``summary.attrs["reference"]``.
     """
     _check_long(long)
     long = long[LONG_COLUMNS].copy()
@@ -76,11 +135,12 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     for model, condition, metric in keys:
         per_seed = wide.loc[(model, condition, metric)].to_numpy(dtype=np.float64)
         mean, sd, n = _mean_sd(per_seed)
-        delta_mean = delta_sd = float("nan")
-        ref_key = (model, reference, metric)
-        if model == DELTA_MODEL and condition != reference and ref_key in wide.index:
-            diffs = per_seed - wide.loc[ref_key].to_numpy(dtype=np.float64)
-            delta_mean, delta_sd, _ = _mean_sd(diffs)
+        ref_key = (REFERENCE_MODEL, reference, metric)
+        compared = model in COMPARED_MODELS and (model, condition) != ref_key[:2]
+        if compared and ref_key in wide.index:
+            delta = paired_difference(per_seed, wide.loc[ref_key].to_numpy(dtype=np.float64))
+        else:
+            delta = _no_comparison()
         rows.append(
             {
                 "model": model,
@@ -89,12 +149,11 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
                 "n_seeds": n,
                 "mean": mean,
                 "sd": sd,
-                "delta_mean": delta_mean,
-                "delta_sd": delta_sd,
+                **delta,
                 **dict(zip(seed_cols, per_seed)),
             }
         )
-    columns = [*KEYS, "n_seeds", "mean", "sd", "delta_mean", "delta_sd", *seed_cols]
+    columns = [*KEYS, "n_seeds", "mean", "sd", *DELTA_COLUMNS, *seed_cols]
     summary = pd.DataFrame(rows, columns=columns)
     summary.attrs["reference"] = reference
     return summary
@@ -119,19 +178,58 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|")
 
 
-def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
-    """Render ``summarize()`` output as a GitHub Markdown table.
+def _delta_cell(rec: dict, digits: int) -> str:
+    mean = float(rec["delta_mean"])
+    low, high = float(rec["delta_ci_low"]), float(rec["delta_ci_high"])
+    text = _pm(mean, float(rec["delta_sd"]), digits, sign=True)
+    if math.isnan(low):  # no pair or one pair: no interval
+        return text
+    return f"{text} [{_fmt(low, digits, sign=True)}, {_fmt(high, digits, sign=True)}]"
 
-    Columns: model | condition | metric | mean ± sd | Δ vs <reference> | seed values. A
-    missing number shows as "–"; with one seed only the mean is shown; the delta carries an
-    explicit sign; seed values are listed in seed order, separated by commas.
+
+def _p_cell(rec: dict) -> str:
+    p, n = float(rec["p_value"]), int(rec["n_pairs"])
+    if not math.isnan(p):
+        return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if n == 1:
+        return "1 seed: no test"
+    if n > 1:  # identical differences: the t statistic is undefined
+        return "sd 0: no test"
+    return "–"
+
+
+def _note(summary: pd.DataFrame, reference: str) -> str:
+    pairs = sorted({int(n) for n in summary["n_pairs"] if n > 0})
+    if not pairs:
+        n_text = "none"
+    elif len(pairs) == 1:
+        n_text = str(pairs[0])
+    else:
+        n_text = f"{pairs[0]}–{pairs[-1]}, by row"
+    return (
+        f"Δ: paired difference to the {reference} student over seeds "
+        "(mean ± sd [95% CI, t distribution]); p: two-sided paired t-test. "
+        f"n seeds: {n_text}."
+    )
+
+
+def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
+    """Render ``summarize()`` output as a GitHub Markdown table followed by a one-line note.
+
+    Columns: model | condition | metric | mean ± sd | Δ vs <reference> | p (paired t) | seed
+    values. A missing number shows as "–"; with one seed only the mean is shown. The Δ cell
+    is ``mean ± sd [CI low, CI high]`` with explicit signs, just the difference with one
+    paired seed; the p cell says why there is no test when there is a comparison but no
+    p-value. Seed values are listed in seed order, separated by commas. The note under the
+    table (after a blank line, so that it is not read as a table row) explains Δ and p.
     """
     reference = summary.attrs.get("reference", "baseline")
     seed_cols = [c for c in summary.columns if str(c).startswith("seed_")]
-    header = ["model", "condition", "metric", "mean ± sd", f"Δ vs {reference}", "seed values"]
+    header = ["model", "condition", "metric", "mean ± sd", f"Δ vs {reference}", "p (paired t)",
+              "seed values"]  # fmt: skip
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|",
+        "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|",
     ]
     for rec in summary.to_dict(orient="records"):
         seeds = ", ".join(_fmt(float(rec[c]), digits) for c in seed_cols)
@@ -140,11 +238,12 @@ def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
             _cell(rec["condition"]),
             _cell(rec["metric"]),
             _pm(float(rec["mean"]), float(rec["sd"]), digits),
-            _pm(float(rec["delta_mean"]), float(rec["delta_sd"]), digits, sign=True),
+            _delta_cell(rec, digits),
+            _p_cell(rec),
             seeds,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + _note(summary, reference) + "\n"
 
 
 def read_long_tables(paths: list[str | Path]) -> pd.DataFrame:
