@@ -10,12 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emkt import plots
 from emkt.plots import (
+    network_order,
     plot_metric_bars,
     plot_prediction_panel,
+    plot_speed_accuracy,
     plot_teacher_scatter,
     plot_training_curves,
+    speed_accuracy_points,
 )
+
+COLUMNS = ["model", "condition", "seed", "metric", "value"]
 
 
 def check_png(path: Path) -> np.ndarray:
@@ -33,6 +39,20 @@ def no_open_figures():
     assert plt.get_fignums() == []  # every function closes what it opened
 
 
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Figures as they are saved, to inspect their artists after the PNG is written."""
+    figures = []
+    save = plots._save
+
+    def keep(fig, out):
+        figures.append(fig)
+        save(fig, out)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
 def test_metric_bars(tmp_path):
     rows = [
         ("student", cond, seed, metric, 0.5 + 0.1 * k + 0.01 * seed)
@@ -45,10 +65,106 @@ def test_metric_bars(tmp_path):
         ("student", "single", 0, "dice", np.nan),
         ("teacher", "joint", 0, "mae", 0.05),  # not plotted
     ]
-    long = pd.DataFrame(rows, columns=["model", "condition", "seed", "metric", "value"])
+    long = pd.DataFrame(rows, columns=COLUMNS)
     out = tmp_path / "bars.png"
     plot_metric_bars(long, out, ["iou", "dice", "ece"])  # ece: no data
     check_png(out)
+
+
+def network_frame() -> pd.DataFrame:
+    rows = [
+        ("reference", "ensemble", 0, "iou", 0.8),  # first row, but drawn after the students
+        ("teacher", "joint", 0, "mae", 0.05),
+        ("student", "baseline", 0, "iou", 0.6),
+        ("student", "baseline", 1, "iou", 0.62),
+        ("student", "distilled", 0, "iou", 0.7),
+        ("student", "distilled", 0, "iou_vs_teacher", 0.9),  # one condition only
+        ("reference", "unet", 0, "iou", 0.75),
+        ("reference", "baseline", 0, "iou", 0.65),  # same condition name as a student
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_network_order_students_first():
+    assert network_order(network_frame()) == [
+        ("student", "baseline"), ("student", "distilled"),
+        ("reference", "ensemble"), ("reference", "unet"), ("reference", "baseline"),
+    ]  # fmt: skip
+    no_model = network_frame().drop(columns="model")
+    assert network_order(no_model)[0] == ("student", "ensemble")
+
+
+def test_metric_bars_hatch_references(tmp_path, saved_figures):
+    out = tmp_path / "bars.png"
+    plot_metric_bars(network_frame(), out, ["iou", "iou_vs_teacher"])
+    check_png(out)
+    iou, vs_teacher = saved_figures[0].axes
+    bars = sorted(iou.patches, key=lambda bar: bar.get_x())
+    assert [bar.get_hatch() for bar in bars] == [None, None, "//", "//", "//"]
+    assert bars[0].get_height() == pytest.approx(0.61)
+    labels = [t.get_text() for t in iou.get_xticklabels()]
+    assert labels == ["baseline", "distilled", "ensemble", "unet", "baseline"]
+    legend = [t.get_text() for t in iou.get_legend().get_texts()]
+    assert legend == ["student", "reference network"]
+    # the metric of one condition: one bar, in that condition's slot
+    assert [bar.get_x() + bar.get_width() / 2 for bar in vs_teacher.patches] == [1]
+
+
+def speed_frame() -> pd.DataFrame:
+    rows = []
+    for seed, (iou, speed) in enumerate([(0.60, 100.0), (0.64, 140.0)]):
+        rows += [
+            ("student", "baseline", seed, "iou", iou),
+            ("student", "baseline", seed, "images_per_s", speed),
+            ("student", "baseline", seed, "parameters", 1e6),
+        ]
+    rows += [
+        ("reference", "ensemble", 0, "iou", 0.7),
+        ("reference", "ensemble", 0, "images_per_s", 20.0),
+        ("reference", "ensemble", 0, "parameters", 5e6),
+        ("student", "joint", 0, "iou", 0.5),  # no speed or size: left out
+        ("student", "small", 0, "iou", 0.55),
+        ("student", "small", 0, "parameters", 2e5),  # size but no speed
+        ("teacher", "joint", 0, "images_per_s", 50.0),
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_speed_accuracy_points():
+    speed = speed_accuracy_points(speed_frame(), "images_per_s", "iou")
+    assert list(speed["condition"]) == ["baseline", "ensemble"]
+    base = speed.iloc[0]
+    assert [base["x_mean"], base["y_mean"]] == pytest.approx([120.0, 0.62])
+    # sd with ddof=1 of two values a, b is |a - b| / sqrt(2)
+    assert [base["x_sd"], base["y_sd"]] == pytest.approx([40 / np.sqrt(2), 0.04 / np.sqrt(2)])
+    assert np.isnan(speed.iloc[1]["x_sd"])  # one seed: no spread
+    size = speed_accuracy_points(speed_frame(), "parameters", "iou")
+    assert list(zip(size["model"], size["condition"])) == [
+        ("student", "baseline"), ("student", "small"), ("reference", "ensemble"),
+    ]  # fmt: skip
+
+
+def test_speed_accuracy_plot(tmp_path, saved_figures):
+    out = tmp_path / "speed.png"
+    plot_speed_accuracy(speed_frame(), out)
+    check_png(out)
+    left, right = saved_figures[0].axes
+    assert left.get_xscale() == right.get_xscale() == "log"
+    assert [t.get_text() for t in left.texts] == ["baseline", "ensemble"]
+    # students circles, references squares; sd bars in both directions only with two seeds
+    assert [c.lines[0].get_marker() for c in left.containers] == ["o", "s"]
+    assert [c.has_xerr and c.has_yerr for c in left.containers] == [True, False]
+    assert [t.get_text() for t in right.texts] == ["baseline", "small", "ensemble"]
+
+
+def test_speed_accuracy_without_speed_metrics(tmp_path, saved_figures):
+    long = speed_frame()
+    long = long[~long["metric"].isin(["images_per_s", "parameters"])]
+    out = tmp_path / "empty.png"
+    plot_speed_accuracy(long, out)
+    assert out.stat().st_size > 2_000 and mpimg.imread(out).ndim == 3
+    left, right = saved_figures[0].axes
+    assert [t.get_text() for t in left.texts] == [t.get_text() for t in right.texts] == ["no data"]
 
 
 def test_teacher_scatter(tmp_path):

@@ -70,7 +70,8 @@ def test_mean_sd_and_seed_columns():
     assert exp["delta_ci_high"] == pytest.approx(0.05 + half, abs=1e-6)
     # t = 0.05 / (0.03 / sqrt 3), t^2 = 25/3; with 2 df, two-sided p = 1 - t / sqrt(2 + t^2)
     assert exp["p_value"] == pytest.approx(1 - 5 / math.sqrt(31))  # 0.10197
-    assert exp["p_value"] == pytest.approx(stats.ttest_rel([0.65, 0.70, 0.60], [0.60, 0.62, 0.58]).pvalue)
+    scipy_p = stats.ttest_rel([0.65, 0.70, 0.60], [0.60, 0.62, 0.58]).pvalue
+    assert exp["p_value"] == pytest.approx(scipy_p)
 
 
 def test_stable_order_of_first_appearance():
@@ -132,7 +133,8 @@ def test_delta_pairs_only_shared_seeds():
 
     # a NaN value counts as missing, like an absent row
     long = long_frame()
-    long.loc[(long.condition == "baseline") & (long.seed == 2) & (long.metric == "iou"), "value"] = np.nan
+    missing = (long.condition == "baseline") & (long.seed == 2) & (long.metric == "iou")
+    long.loc[missing, "value"] = np.nan
     assert row(summarize(long), "student", "expanded", "iou")["n_pairs"] == 2
 
 
@@ -228,7 +230,9 @@ def test_markdown_p_values_and_no_test_cases():
     long = pd.concat([long, pd.DataFrame(extra, columns=LONG_COLUMNS)], ignore_index=True)
     summary = summarize(long)
     text = to_markdown(summary)
-    assert "| reference | ensemble | iou | 0.660 ± 0.020 | +0.060 ± 0.020 [+0.010, +0.110] | 0.035 |" in text
+    assert (
+        "| reference | ensemble | iou | 0.660 ± 0.020 | +0.060 ± 0.020 [+0.010, +0.110] | 0.035 |"
+    ) in text
     assert "| reference | unet | iou | 0.520 | -0.100 | 1 seed: no test | –, 0.520, – |" in text
     assert "| teacher | baseline | iou | 0.900 | – | – |" in text
     assert "| +0.050 ± 0.000 [+0.050, +0.050] | sd 0: no test |" in text

@@ -12,8 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -23,12 +25,19 @@ from emkt.metrics import SegmentationMeter, teacher_agreement  # noqa: E402
 __all__ = [
     "plot_metric_bars",
     "plot_prediction_panel",
+    "plot_speed_accuracy",
     "plot_teacher_scatter",
     "plot_training_curves",
 ]
 
 DPI = 120
 LINESTYLES = ["-", "--", ":", "-."]
+# segmentation networks, in plotting order; teachers predict losses and are not plotted here
+NETWORK_MODELS = ("student", "reference")
+# references (e.g. the ensemble) must not be mistaken for students: hatched bars, square markers
+HATCH = {"student": None, "reference": "//"}
+MARKER = {"student": "o", "reference": "s"}
+KIND_LABEL = {"student": "student", "reference": "reference network"}
 
 
 def _save(fig: plt.Figure, out: Path) -> None:
@@ -51,41 +60,156 @@ def _colours(labels: list) -> dict:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
+def _networks(long: pd.DataFrame) -> pd.DataFrame:
+    """Student and reference rows with finite values; a table without ``model`` is students."""
+    if "model" not in long.columns:
+        long = long.assign(model="student")
+    nets = long[long["model"].isin(NETWORK_MODELS)]
+    return nets[np.isfinite(nets["value"].astype(float))]
+
+
+def network_order(long: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, condition) pairs to plot: students first, then references, each in order of
+    first appearance; teacher rows are left out."""
+    if "model" not in long.columns:
+        long = long.assign(model="student")
+    pairs = list(dict.fromkeys(zip(long["model"], long["condition"])))
+    return [pair for model in NETWORK_MODELS for pair in pairs if pair[0] == model]
+
+
+def _kind_legend(ax: plt.Axes, models: set, bars: bool) -> None:
+    # one entry per kind of network shown, so the reader can tell references from students
+    if bars:
+        handles = [Patch(facecolor="white", edgecolor="black", hatch=HATCH[m], label=KIND_LABEL[m])
+                   for m in NETWORK_MODELS if m in models]  # fmt: skip
+    else:
+        handles = [Line2D([], [], linestyle="", marker=MARKER[m], color="grey", label=KIND_LABEL[m])
+                   for m in NETWORK_MODELS if m in models]  # fmt: skip
+    ax.legend(handles=handles, fontsize=8)
+
+
 def plot_metric_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
-    """Student results from the long format: one subplot per metric, one bar per condition.
+    """Students and reference networks from the long format: one subplot per metric, one bar
+    per (model, condition).
 
     Bars are the mean over seeds, error bars the sd (none with one seed), and each seed is a
-    jittered point. Conditions keep their order of first appearance; NaN values are skipped.
+    jittered point. Students come first, then references (hatched, named in the legend), each
+    in order of first appearance; teacher rows are not drawn. NaN values are skipped and a
+    condition without the metric leaves its slot empty.
     """
-    student = long[long["model"] == "student"] if "model" in long.columns else long
-    conditions = list(pd.unique(student["condition"]))
-    colours = _colours(conditions)
+    groups = network_order(long)
+    nets = _networks(long)
+    colours = _colours(groups)
     rng = np.random.default_rng(0)  # fixed jitter: identical inputs give identical figures
     n = max(len(metrics), 1)
-    width = max(3.5, 0.9 * len(conditions) + 1.5)
+    width = max(3.5, 0.9 * len(groups) + 1.5)
     fig, axes = plt.subplots(1, n, figsize=(width * n, 4), squeeze=False)
+    legend_done = False
     for ax, metric in zip(axes[0], metrics):
         ax.set_title(metric)
-        sub = student[student["metric"] == metric]
-        sub = sub[np.isfinite(sub["value"].astype(float))]
+        sub = nets[nets["metric"] == metric]
         if sub.empty:
             _no_data(ax)
             continue
-        x = np.arange(len(conditions))
-        for i, condition in enumerate(conditions):
-            values = sub.loc[sub["condition"] == condition, "value"].to_numpy(dtype=float)
+        for i, (model, condition) in enumerate(groups):
+            mask = (sub["model"] == model) & (sub["condition"] == condition)
+            values = sub.loc[mask, "value"].to_numpy(dtype=float)
             if values.size == 0:
                 continue
             sd = values.std(ddof=1) if values.size > 1 else 0.0
-            ax.bar(i, values.mean(), width=0.6, color=colours[condition], alpha=0.6,
-                   yerr=sd, capsize=4, edgecolor="black", linewidth=0.5)  # fmt: skip
+            ax.bar(i, values.mean(), width=0.6, color=colours[(model, condition)], alpha=0.6,
+                   hatch=HATCH[model], yerr=sd, capsize=4, edgecolor="black",
+                   linewidth=0.5)  # fmt: skip
             jitter = rng.uniform(-0.15, 0.15, values.size)
             ax.scatter(i + jitter, values, color="black", s=14, zorder=3)
-        ax.set_xticks(x)
-        ax.set_xticklabels(conditions, rotation=30, ha="right")
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels([c for _, c in groups], rotation=30, ha="right")
         ax.grid(axis="y", alpha=0.3)
+        if not legend_done:
+            _kind_legend(ax, {m for m, _ in groups}, bars=True)
+            legend_done = True
     if not metrics:
         _no_data(axes[0, 0], "no metrics requested")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def speed_accuracy_points(long: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """One row per (model, condition) of students and references having both metrics.
+
+    Columns: ``model, condition``, ``x_mean, x_sd, y_mean, y_sd`` (mean and sd over the
+    finite seed values of metric ``x`` and ``y``; sd NaN with one seed). Rows lacking either
+    metric, or with a non-positive mean ``x`` (not drawable on a log axis), are left out.
+    Ordered as ``network_order``.
+    """
+    nets = _networks(long)
+    per_metric = (
+        nets[nets["metric"].isin([x, y])]
+        .groupby(["model", "condition", "metric"], sort=False)["value"]
+        .agg(["mean", "std"])  # std: ddof=1, NaN with one seed
+        .unstack("metric")
+    )
+    rows = []
+    for model, condition in network_order(long):
+        if (model, condition) not in per_metric.index:
+            continue
+        rec = per_metric.loc[(model, condition)]
+        point = {"model": model, "condition": condition}
+        for axis, metric in (("x", x), ("y", y)):
+            point[f"{axis}_mean"] = float(rec.get(("mean", metric), np.nan))
+            point[f"{axis}_sd"] = float(rec.get(("std", metric), np.nan))
+        if np.isfinite(point["y_mean"]) and point["x_mean"] > 0:
+            rows.append(point)
+    columns = ["model", "condition", "x_mean", "x_sd", "y_mean", "y_sd"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _scatter_panel(ax: plt.Axes, points: pd.DataFrame, colours: dict) -> None:
+    for p in points.itertuples(index=False):
+        # no error bar where the sd is undefined (one seed)
+        xerr = p.x_sd if np.isfinite(p.x_sd) else None
+        yerr = p.y_sd if np.isfinite(p.y_sd) else None
+        ax.errorbar(p.x_mean, p.y_mean, xerr=xerr, yerr=yerr, marker=MARKER[p.model],
+                    markersize=7, linestyle="", capsize=3, color=colours[(p.model, p.condition)],
+                    markeredgecolor="black")  # fmt: skip
+        ax.annotate(str(p.condition), (p.x_mean, p.y_mean), xytext=(5, 4),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    # short labels at 1, 2, 5 per decade (20, 50, 200k, 1M): the default minor 2x10^5 overlap
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+    ax.grid(alpha=0.3, which="both")
+    _kind_legend(ax, set(points["model"]), bars=False)
+
+
+def plot_speed_accuracy(
+    long: pd.DataFrame,
+    out: Path,
+    accuracy: str = "iou",
+    speed: str = "images_per_s",
+    parameters: str = "parameters",
+) -> None:
+    """Accuracy against inference speed (left) and parameter count (right), both log x.
+
+    One point per (model, condition) of students and references: the mean over seeds, with sd
+    error bars in both directions (none with one seed), labelled with the condition; students
+    are circles, references squares. A network without the speed (or parameter) metric is
+    left out of that panel; an empty panel says "no data".
+    """
+    groups = network_order(long)
+    colours = _colours(groups)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    for ax, x in zip(axes[0], (speed, parameters)):
+        ax.set_title(f"{accuracy} vs {x}", fontsize=10)
+        points = speed_accuracy_points(long, x, accuracy)
+        if points.empty:
+            _no_data(ax)
+            continue
+        _scatter_panel(ax, points, colours)
+        ax.set_xlabel(f"{x} (log scale)")
+        ax.set_ylabel(accuracy)
     fig.tight_layout()
     _save(fig, out)
 
