@@ -4,7 +4,7 @@ import pytest
 
 from emkt.config import ConfigError, load_config, validate_config
 
-from conftest import REPO
+from conftest import REPO, merged
 
 
 def test_paper_and_demo_configs_are_valid():
@@ -15,6 +15,8 @@ def test_paper_and_demo_configs_are_valid():
     assert (paper["train"]["batch_size"], paper["train"]["lr_step_epochs"], paper["train"]["lr_gamma"]) == (16, 50, 0.1)
     assert paper["input_size"] == 224 and paper["student_baseline"]["epochs"] == 300
     assert paper["data"]["source"] == "empiar" and paper["data"]["max_excluded_fraction"] == 0.01
+    assert paper["data"]["ignore_label"] is None
+    assert validate_config(merged(paper, {"data": {"ignore_label": 65535}}))["data"]["ignore_label"] == 65535
     assert paper["data"]["empiar"]["labelled"]["file"] == "data/cem_mitolab.zip"
     demo = load_config(REPO / "config.yaml", REPO / "demo.yaml")
     assert demo["data"]["source"] == "synthetic" and len(demo["seeds"]) == 2
@@ -41,6 +43,9 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c["data"]["empiar"]["labelled"].update(checksum="crc:00"), "'data.empiar.labelled.checksum'"),
         (lambda c: c["data"]["empiar"].update(url_base="ftp.ebi.ac.uk"), "'data.empiar.url_base'"),
         (lambda c: c["data"].update(max_excluded_fraction=1.5), "'data.max_excluded_fraction' = 1.5"),
+        (lambda c: c["data"].update(ignore_label=0), "'data.ignore_label' = 0"),
+        (lambda c: c["data"].update(ignore_label="x"), "'data.ignore_label' = 'x'"),
+        (lambda c: c["data"].update(ignore_label=65536), "'data.ignore_label' = 65536"),
     ],
 )
 def test_bad_values_name_the_key(paper_config, mutate, expected):

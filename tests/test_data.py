@@ -5,14 +5,21 @@ import tifffile
 import torch
 
 from conftest import prepare_data
+from emkt.augment import train_augmentation
 from emkt.datasets import LabelledCrops
-from emkt.data import (ConversionError, DataFileError, find_labelled_root, normalise_image,
-                       random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8, to_labels)
+from emkt.data import (ConversionError, DataFileError, find_labelled_root, load_whole_images, masks_from_labels,
+                       normalise_image, random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8,
+                       to_labels)
 from emkt.indexing import build_index
 from emkt.store import LabelledStore
 
 
-def write_pair(root, source, name, shape=(40, 50), mask_shape=None):
+IGNORE = 65535
+
+
+def write_pair(root, source, name, shape=(40, 50), mask_shape=None, ignored=False):
+    """An image and its instance mask; ``ignored`` marks a band across both instances and
+    the background as unlabelled (IGNORE)."""
     (root / source / "images").mkdir(parents=True, exist_ok=True)
     (root / source / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(name))
@@ -20,6 +27,8 @@ def write_pair(root, source, name, shape=(40, 50), mask_shape=None):
     mask = np.zeros(mask_shape or shape, dtype=np.uint16)
     mask[5:15, 5:20] = 1
     mask[20:30, 25:35] = 2
+    if ignored:
+        mask[10:25, 15:30] = IGNORE
     tifffile.imwrite(root / source / "masks" / name, mask)
 
 
@@ -107,6 +116,53 @@ def test_random_crop_pads_small_images():
     assert mask[:3].sum() == 0 and mask[3:13].all()  # zero padding above and below the 10 rows
 
 
+def test_masks_from_labels_excludes_the_ignore_value():
+    labels = np.array([[0, 3, IGNORE], [IGNORE, 1, 0]], dtype=np.uint16)
+    mask, valid = masks_from_labels(labels, IGNORE)
+    assert mask.dtype == valid.dtype == np.uint8
+    assert valid.tolist() == [[1, 1, 0], [0, 1, 1]] and mask.tolist() == [[0, 1, 0], [0, 1, 0]]
+    mask, valid = masks_from_labels(labels, None)
+    assert valid.all() and mask.tolist() == (labels > 0).astype(np.uint8).tolist()
+    # a value the dtype cannot hold marks nothing
+    assert masks_from_labels(np.array([[0, 2]], np.uint8), IGNORE)[1].all()
+
+
+def test_random_crop_pads_valid_maps_with_zero():
+    rng = np.random.default_rng(0)
+    ones = np.ones((10, 40), np.uint8)
+    image, mask, valid = random_crop([np.ones((10, 40), np.float32), ones, ones], 16, rng)
+    assert (image == 1).all()  # reflected
+    assert valid[:3].sum() == 0 and valid[13:].sum() == 0 and valid[3:13].all()  # padding is not labelled
+
+
+def test_labelled_crops_carry_valid_maps_that_augmentation_moves_with_the_mask(tmp_path, tiny_config):
+    # images narrower than the crop, so padding (valid 0) is part of the crops too
+    for i in range(3):
+        write_pair(tmp_path / "data", "s", f"{i}.tiff", shape=(40, 30), ignored=True)
+    store = LabelledStore(prepare_data(tmp_path / "data", None, tmp_path / "store", tiny_config).labelled)
+    plain = LabelledCrops(store, [0, 1, 2], 36, seed=2, crops_per_image=4, ignore_label=IGNORE)
+    augmented = LabelledCrops(store, [0, 1, 2], 36, seed=2, crops_per_image=4, ignore_label=IGNORE,
+                              transform=train_augmentation(0, keys=("image", "mask", "valid")))
+    saw_ignored = False
+    for index in range(len(plain)):
+        before, after = plain[index], augmented[index]
+        assert set(after) == {"image", "mask", "valid"}
+        for sample in (before, after):
+            assert all(v.shape == (1, 36, 36) and v.dtype == torch.float32 for v in sample.values())
+            assert set(torch.unique(sample["valid"]).tolist()) <= {0.0, 1.0}
+            assert (sample["mask"][sample["valid"] == 0] == 0).all()
+        saw_ignored |= bool((before["valid"][:, :, 3:33] == 0).any())  # ignored inside the image, not padding
+        # the crop is the same (drawn before the augmentation); mask and valid moved by one
+        # and the same flip/rotation
+        pair = torch.stack([before["mask"], before["valid"]])
+        moved = [torch.rot90(pair, k, dims=(-2, -1)).flip(-1) if flip else torch.rot90(pair, k, dims=(-2, -1))
+                 for k in range(4) for flip in (False, True)]
+        assert any(torch.equal(m, torch.stack([after["mask"], after["valid"]])) for m in moved)
+    assert saw_ignored
+    with pytest.raises(ValueError, match='moves "mask" but not "valid"'):
+        LabelledCrops(store, [0], 36, seed=2, ignore_label=IGNORE, transform=train_augmentation(0))
+
+
 def test_labelled_crops_are_deterministic_per_epoch_and_normalised_like_whole_images(tmp_path, tiny_config):
     for i in range(3):
         write_pair(tmp_path / "data", "s", f"{i}.tiff")
@@ -141,3 +197,17 @@ def test_read_split_and_whole_images(tmp_path, tiny_config):
     pd.DataFrame({"path": ["a"], "split": ["test"]}).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(DataFileError, match="lacks columns"):
         read_split(tmp_path / "old.csv", "test")
+
+
+def test_whole_images_mark_ignored_pixels_not_valid(tmp_path, tiny_config):
+    for i in range(4):
+        write_pair(tmp_path / "data", "s", f"{i}.tiff", ignored=True)
+    files = prepare_data(tmp_path / "data", None, tmp_path / "store", tiny_config)
+    store, table = LabelledStore(files.labelled), read_split(files.split, "test")
+    (item,) = load_whole_images(table, store, ignore_label=IGNORE)
+    labels = store.labels(table["id"][0])
+    assert item["valid"].dtype == item["mask"].dtype == np.uint8
+    assert np.array_equal(item["valid"], labels != IGNORE) and item["valid"][10:25, 15:30].sum() == 0
+    assert np.array_equal(item["mask"], (labels > 0) & (labels != IGNORE))
+    (unmasked,) = load_whole_images(table, store)
+    assert unmasked["valid"].all() and np.array_equal(unmasked["mask"], labels > 0)

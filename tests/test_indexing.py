@@ -101,3 +101,20 @@ def test_clean_fixture_has_no_exclusions(shared_data):
     summary = check_exclusions(index, excluded, 0.0, "unused.csv")
     assert summary["excluded"].sum() == 0
     assert isinstance(index, pd.DataFrame) and (index["status"] == "ok").all()
+
+
+def test_ignored_pixels_are_neither_foreground_nor_an_instance(tmp_path):
+    for name, labels in {"a.tiff": [[0, 1, 1, 65535], [2, 0, 65535, 65535]],
+                         "b.tiff": [[65535, 65535], [65535, 65535]]}.items():
+        labels = np.array(labels, dtype=np.uint16)
+        for kind, array in (("images", np.zeros(labels.shape, np.uint8)), ("masks", labels)):
+            (tmp_path / "s" / kind).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(tmp_path / "s" / kind / name, array)
+    index, excluded = build_index(tmp_path, None, processes=2, ignore_label=65535)
+    assert excluded.empty
+    a, b = (index.set_index(index["path"].str.split("/").str[-1]).loc[name] for name in ("a.tiff", "b.tiff"))
+    assert a["foreground_fraction"] == pytest.approx(3 / 5) and a["n_instances"] == 2
+    assert np.isnan(b["foreground_fraction"]) and b["n_instances"] == 0  # nothing labelled
+    plain = build_index(tmp_path, None)[0].set_index(index["path"].str.split("/").str[-1])
+    assert plain.loc["a.tiff", "foreground_fraction"] == pytest.approx(6 / 8)
+    assert plain.loc["a.tiff", "n_instances"] == 3

@@ -6,10 +6,13 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
 
+from emkt.evaluate import evaluate_segmenter, teacher_predictions
+from emkt.losses import per_image_bce
 from emkt.metrics import SegmentationMeter, teacher_agreement
 
 # 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
@@ -164,6 +167,78 @@ def test_invalid_inputs():
     with pytest.raises(RuntimeError):
         meter.compute()
     assert len(meter.per_image()) == 0
+
+
+def test_prediction_wrong_only_under_ignored_pixels_scores_iou_1():
+    gt = t(GT_A)
+    valid = torch.ones_like(gt)
+    valid[..., 2:] = 0  # the right half is unlabelled
+    prob = gt * 0.98 + 0.01
+    prob[..., 2:] = 1 - prob[..., 2:]  # wrong everywhere there
+    meter = SegmentationMeter()
+    meter.update(prob, gt, names=["a"], valid=valid)
+    got, row = meter.compute(), meter.per_image().iloc[0]
+    assert got["iou"] == got["dice"] == got["accuracy"] == got["precision"] == got["recall"] == 1.0
+    assert got["ece"] == pytest.approx(0.01, abs=1e-5) and got["mce"] == pytest.approx(0.01, abs=1e-5)
+    assert row["iou"] == 1.0 and row["ece"] == pytest.approx(0.01, abs=1e-5)
+    # fractions of the 8 labelled pixels, 4 of them foreground
+    assert row["foreground_fraction"] == 0.5 and row["predicted_fraction"] == 0.5
+    unmasked = SegmentationMeter()
+    unmasked.update(prob, gt)
+    assert unmasked.compute()["iou"] < 0.5
+
+
+def test_all_valid_map_changes_nothing_and_an_unlabelled_image_has_no_scores():
+    prob, gt = torch.cat([t(PROB_A), t(PROB_A).flip(-1)]), torch.cat([t(GT_A), t(GT_A)])
+    plain, masked = SegmentationMeter(), SegmentationMeter()
+    plain.update(prob, gt)
+    masked.update(prob, gt, valid=torch.ones_like(gt))
+    assert plain.compute() == masked.compute()
+    pd.testing.assert_frame_equal(plain.per_image(), masked.per_image())
+
+    valid = torch.ones_like(gt)
+    valid[1] = 0  # the second image has no labelled pixel: it adds nothing and gets no scores
+    masked = SegmentationMeter()
+    masked.update(prob, gt, valid=valid)
+    alone = SegmentationMeter()
+    alone.update(prob[:1], gt[:1])
+    assert masked.compute() == alone.compute()
+    assert masked.per_image().iloc[1].drop("name").isna().all()
+    with pytest.raises(ValueError, match="valid must have the shape"):
+        masked.update(prob, gt, valid=valid[:1])
+
+
+class _ScaledImage(torch.nn.Module):
+    """A "segmenter" whose logits are 20 x the image: probability ~1 where the image is +1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20 * x
+
+
+class _ConstantTeacher(torch.nn.Module):
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(image.shape[0])
+
+
+def test_evaluation_skips_unlabelled_pixels():
+    mask = np.zeros((12, 20), np.uint8)
+    mask[2:6, 3:9] = 1
+    valid = np.ones_like(mask)
+    valid[:, 14:] = 0
+    image = np.where(mask > 0, 1.0, -1.0).astype(np.float32)
+    image[:, 14:] = 1.0  # predicted foreground where the label is unknown
+    item = {"name": "a", "image": image, "mask": mask, "valid": valid}
+    metrics, per_image, probs = evaluate_segmenter(_ScaledImage(), [item], 8, 0.25, 4, torch.device("cpu"))
+    assert metrics["iou"] == 1.0 and per_image["iou"].tolist() == [1.0]
+    unlabelled = {key: value for key, value in item.items() if key != "valid"}
+    assert evaluate_segmenter(_ScaledImage(), [unlabelled], 8, 0.25, 4, torch.device("cpu"))[0]["iou"] < 1.0
+    # the teacher's true BCE per tile is over the tile's labelled pixels
+    tiles = teacher_predictions(_ConstantTeacher(), [item], probs, 8, torch.device("cpu"))
+    prob, target = torch.from_numpy(probs[0])[None, None], torch.from_numpy(mask)[None, None].float()
+    last = per_image_bce(prob[..., 4:12, 12:20], target[..., 4:12, 12:20],
+                         valid=torch.from_numpy(valid)[None, None, 4:12, 12:20].float())
+    assert tiles["true"].iloc[-1] == pytest.approx(float(last[0]))
+    assert tiles["true"].max() < 0.01  # wrong only where unlabelled
 
 
 def test_teacher_agreement_known_values():

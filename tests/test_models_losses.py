@@ -1,10 +1,13 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from emkt.checkpoints import load_model, save_model
-from emkt.losses import per_image_bce, per_image_bce_with_logits
+from emkt.data import masks_from_labels
+from emkt.losses import per_image_bce, per_image_bce_with_logits, per_image_mse
 from emkt.models import build_student, build_teacher, freeze
 
 
@@ -24,6 +27,75 @@ def test_bce_with_logits_agrees_and_weights_foreground():
     plain = per_image_bce_with_logits(logits, target)
     assert plain.item() == pytest.approx(per_image_bce(torch.sigmoid(logits), target, eps=1e-7).item(), rel=1e-4)
     assert per_image_bce_with_logits(logits, target, pos_weight=3.0).item() > plain.item()
+
+
+IGNORE = 65535
+# Each loss as a function of the network's logits; MSE as in soft-label distillation.
+MASKED_LOSSES = {
+    "bce": lambda logits, target, valid: per_image_bce(torch.sigmoid(logits), target, valid=valid),
+    "bce_with_logits": lambda logits, target, valid: per_image_bce_with_logits(logits, target, 2.0, valid=valid),
+    "mse": lambda logits, target, valid: per_image_mse(torch.sigmoid(logits), target, valid=valid),
+}
+
+
+def partially_labelled_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, valid) of two 16x16 instance label images with an unlabelled band (IGNORE)."""
+    labels = np.zeros((2, 1, 16, 16), np.uint16)
+    labels[:, :, 3:8, 2:12] = 1
+    labels[1, :, 10:14, 4:9] = 2
+    labels[:, :, :, 10:] = IGNORE
+    mask, valid = masks_from_labels(labels, IGNORE)
+    return torch.from_numpy(mask).float(), torch.from_numpy(valid).float()
+
+
+def gradients(loss_fn, target: torch.Tensor, valid: torch.Tensor, change: torch.Tensor):
+    """Loss, gradient w.r.t. the logits and parameter gradients of a small seeded conv net
+    whose logits get ``change`` added."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    logits = net(torch.randn(2, 1, 16, 16)) + change
+    logits.retain_grad()
+    loss = loss_fn(logits, target, valid)
+    loss.sum().backward()
+    return loss.detach(), logits.grad, [p.grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_LOSSES))
+def test_pixels_under_the_ignore_value_change_nothing_in_the_gradient(name):
+    loss_fn = MASKED_LOSSES[name]
+    mask, valid = partially_labelled_batch()
+    ignored = valid == 0
+    generator = torch.Generator().manual_seed(1)
+    loss, grad_logits, grad_params = gradients(loss_fn, mask, valid, torch.zeros(()))
+    other_target = torch.where(ignored, torch.rand(mask.shape, generator=generator).round(), mask)
+    other_logits = torch.where(ignored, 20 * torch.randn(mask.shape, generator=generator), 0.0)
+    assert not torch.equal(other_target, mask)
+    for variant in (gradients(loss_fn, other_target, valid, torch.zeros(())),
+                    gradients(loss_fn, mask, valid, other_logits)):
+        assert torch.equal(variant[0], loss)
+        assert torch.equal(variant[1], grad_logits)
+        assert all(torch.equal(a, b) for a, b in zip(variant[2], grad_params))
+    assert (grad_logits[ignored] == 0).all() and (grad_logits[~ignored] != 0).any()
+    # without the valid map the ignored pixels do count
+    assert not torch.equal(gradients(loss_fn, other_target, None, torch.zeros(()))[0],
+                           gradients(loss_fn, mask, None, torch.zeros(()))[0])
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_LOSSES))
+def test_masked_loss_is_the_mean_over_valid_pixels_and_0_without_any(name):
+    loss_fn = MASKED_LOSSES[name]
+    logits = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    target = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    valid = torch.ones(3, 1, 8, 8)
+    valid[1, :, :, :5] = 0
+    valid[2] = 0
+    loss = loss_fn(logits, target, valid)
+    assert torch.allclose(loss[0], loss_fn(logits[:1], target[:1], None)[0])
+    pixel_loss = loss_fn(logits[1:2, :, :, 5:], target[1:2, :, :, 5:], None)[0]  # the valid columns alone
+    assert torch.allclose(loss[1], pixel_loss)
+    assert loss[2] == 0
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[2] == 0).all()
 
 
 def test_student_and_teacher_shapes_and_non_negative_teacher():

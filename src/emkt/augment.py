@@ -348,7 +348,8 @@ def train_augmentation(seed: int, intensity: bool = True, keys: tuple[str, ...] 
     """Training augmentation for dict samples ``{"image": (1,H,W), "mask": (1,H,W)}``.
 
     ``keys`` are the entries moved by the geometric transforms; unlabelled samples pass
-    ``("image",)``. The intensity changes always act on ``"image"`` alone.
+    ``("image",)``, partially labelled ones ``("image", "mask", "valid")`` so that the map of
+    labelled pixels moves with the mask. The intensity changes always act on ``"image"`` alone.
 
     Flips along both spatial axes and 90-degree rotations are applied identically to image and
     mask; mild intensity changes (scale +-10 %, shift +-0.1, Gaussian noise std <= 0.05; the

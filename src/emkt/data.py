@@ -108,6 +108,16 @@ def read_mask(path: str | Path) -> np.ndarray:
     return (to_labels(read_tiff(path), path) > 0).astype(np.uint8)
 
 
+def masks_from_labels(labels: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, valid), both uint8 {0, 1}, from an instance label image.
+
+    ``valid`` marks labelled pixels (all ones when ``ignore_label`` is None); ``mask`` is the
+    foreground among them, so an ignored region is never foreground (its label is > 0).
+    """
+    valid = labels != ignore_label if ignore_label is not None else np.ones(labels.shape, dtype=bool)
+    return ((labels > 0) & valid).astype(np.uint8), valid.astype(np.uint8)
+
+
 def normalise_image(image: np.ndarray) -> np.ndarray:
     """Per-image z-score, so sources with different contrast and brightness look alike.
 
@@ -205,7 +215,8 @@ def read_split(path: str | Path, split: str) -> pd.DataFrame:
 
 def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """The same random ``size`` x ``size`` window of each array; smaller arrays are padded
-    first (reflection for images, zeros for masks, by the caller's order: image first)."""
+    first (reflection for the first array, the image; zeros for the others: masks, and valid
+    maps, where padding counts as unlabelled)."""
     height, width = arrays[0].shape
     pad_h, pad_w = max(0, size - height), max(0, size - width)
     if pad_h or pad_w:
@@ -217,12 +228,13 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
     return [a[top:top + size, left:left + size] for a in arrays]
 
 
-def load_whole_images(table: pd.DataFrame, store) -> list[dict]:
+def load_whole_images(table: pd.DataFrame, store, ignore_label: int | None = None) -> list[dict]:
     """Whole normalised images with binary masks for validation and testing, from the
-    labelled store by the split's ids: name, source, image, mask."""
+    labelled store by the split's ids: name, source, image, mask, valid (uint8 {0, 1};
+    pixels labelled ``ignore_label`` are not valid and not foreground)."""
     items = []
     for row in table.itertuples():
+        mask, valid = masks_from_labels(store.labels(row.id), ignore_label)
         items.append({"name": f"{row.source}/{Path(row.path).name}", "source": row.source,
-                      "image": normalise_image(store.image(row.id)),
-                      "mask": (store.labels(row.id) > 0).astype(np.uint8)})
+                      "image": normalise_image(store.image(row.id)), "mask": mask, "valid": valid})
     return items

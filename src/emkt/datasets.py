@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import normalise_image, random_crop
+from .data import masks_from_labels, normalise_image, random_crop
 
 
 class _EpochSeeded(Dataset):
@@ -27,17 +27,24 @@ class _EpochSeeded(Dataset):
 
 
 class LabelledCrops(_EpochSeeded):
-    """Random training crops of labelled images: {"image": (1,S,S), "mask": (1,S,S)} tensors.
+    """Random training crops of labelled images: {"image", "mask", "valid"}, each a (1,S,S)
+    float32 tensor; "valid" is 0 where the mask holds ``ignore_label`` and in padding.
 
     ``store`` is an emkt.store.LabelledStore; ``ids`` the store ids of the training split.
     Crops are z-scored with their whole image's statistics, as evaluation normalises whole images.
+    A ``transform`` must move "valid" with "mask" (``train_augmentation(seed, keys=("image",
+    "mask", "valid"))``), or the losses would ignore the wrong pixels.
     """
 
     def __init__(self, store, ids: Sequence[int], size: int, seed: int, crops_per_image: int = 1,
-                 transform: Callable | None = None) -> None:
+                 transform: Callable | None = None, ignore_label: int | None = None) -> None:
         super().__init__(seed)
+        if ignore_label is not None and transform is not None and not _moves_with_mask(transform, "valid"):
+            raise ValueError('the augmentation moves "mask" but not "valid"; build it with '
+                             'train_augmentation(seed, keys=("image", "mask", "valid"))')
         self.store, self.ids = store, [int(i) for i in ids]
         self.size, self.crops_per_image, self.transform = size, crops_per_image, transform
+        self.ignore_label = ignore_label
 
     def __len__(self) -> int:
         return len(self.ids) * self.crops_per_image
@@ -46,10 +53,10 @@ class LabelledCrops(_EpochSeeded):
         rng = self._rng(index)
         image_id = self.ids[index % len(self.ids)]
         mean, std = self.store.stats(image_id)
-        image, mask = random_crop([self.store.image(image_id), self.store.labels(image_id) > 0], self.size, rng)
+        mask, valid = masks_from_labels(self.store.labels(image_id), self.ignore_label)
+        image, mask, valid = random_crop([self.store.image(image_id), mask, valid], self.size, rng)
         image = (image.astype(np.float32) - mean) / max(std, 1e-6)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
-                  "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float()}
+        sample = {"image": _tensor(image), "mask": _tensor(mask), "valid": _tensor(valid)}
         return _augment(self.transform, sample, rng)
 
 
@@ -70,7 +77,7 @@ class PoolCrops(_EpochSeeded):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
         (image,) = random_crop([normalise_image(self.store.tile_at(index))], self.size, rng)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None]}
+        sample = {"image": _tensor(image)}
         return _augment(self.transform, sample, rng)
 
 
@@ -83,3 +90,14 @@ def _augment(transform: Callable | None, sample: dict[str, torch.Tensor],
     transform.set_random_state(seed=int(rng.integers(2**31)))
     out = transform(sample)
     return {key: out[key] for key in sample}
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A (1, H, W) float32 tensor of a 2D crop."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+
+
+def _moves_with_mask(transform: Callable, key: str) -> bool:
+    """Whether every step of a (MONAI Compose) transform that acts on "mask" also acts on ``key``."""
+    steps = getattr(transform, "transforms", [transform])
+    return all(key in getattr(step, "keys", ()) for step in steps if "mask" in getattr(step, "keys", ()))

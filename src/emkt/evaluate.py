@@ -40,8 +40,9 @@ def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, ove
     probs = []
     for item in items:
         prob = predict_probability(model, item["image"], input_size, overlap, batch_size, device)
+        valid = item.get("valid")  # unlabelled pixels are not scored
         meter.update(torch.from_numpy(prob)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
-                     names=[item["name"]])
+                     names=[item["name"]], valid=None if valid is None else torch.from_numpy(valid)[None, None])
         probs.append(prob)
     return meter.compute(), meter.per_image(), probs
 
@@ -70,13 +71,14 @@ def teacher_predictions(teacher: nn.Module, items: list[dict], probs: list[np.nd
     teacher.eval()
     rows = []
     for item, prob in zip(items, probs):
-        for index, (image, mask, tile_prob) in tiles([item["image"], item["mask"], prob], input_size):
-            image_t = torch.from_numpy(np.ascontiguousarray(image))[None, None].float().to(device)
-            prob_t = torch.from_numpy(np.ascontiguousarray(tile_prob))[None, None].float().to(device)
-            mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float().to(device)
+        arrays = [item["image"], prob, item["mask"]] + ([item["valid"]] if "valid" in item else [])
+        for index, tile in tiles(arrays, input_size):
+            image_t, prob_t, mask_t, *valid_t = (
+                torch.from_numpy(np.ascontiguousarray(a))[None, None].float().to(device) for a in tile)
             rows.append({"image": item["name"], "tile": index,
                          "predicted": float(teacher(image_t, prob_t)[0]),
-                         "true": float(per_image_bce(prob_t, mask_t)[0])})
+                         # over the tile's labelled pixels only (tiles() pads valid with 0)
+                         "true": float(per_image_bce(prob_t, mask_t, valid=valid_t[0] if valid_t else None)[0])})
     return pd.DataFrame(rows)
 
 

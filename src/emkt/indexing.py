@@ -5,6 +5,8 @@
 - index (``results/data/index.csv``): one row per usable labelled image or pool image, with
   its size, original dtype, the conversion applied (RGB to grey, rescaling to 8 bits),
   foreground fraction and instance count (labelled only) and a status (``ok``/``converted``).
+  With an ignore label (config key data.ignore_label) the foreground fraction is over the
+  labelled pixels (NaN if none) and the ignore value is not an instance.
 - excluded (``results/data/excluded.csv``): one row per unusable file with a reason code
   from ``REASONS`` and a human-readable detail.
 
@@ -15,12 +17,14 @@ than the allowed fraction of its files.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .data import TIFF_SUFFIXES, ConversionError, DataFileError, find_labelled_root, read_tiff, to_grey_uint8, to_labels
+from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, find_labelled_root, masks_from_labels, read_tiff,
+                   to_grey_uint8, to_labels)
 from .parallel import ordered_map
 
 REASONS = {
@@ -111,7 +115,17 @@ def _load(path: str, as_mask: bool) -> tuple[np.ndarray, str, str]:
     return image, str(raw.dtype), conversion
 
 
-def inspect_labelled(pair: tuple[str, str, str]) -> tuple[str, tuple]:
+def _label_statistics(labels: np.ndarray, ignore_label: int | None) -> tuple[float, int]:
+    """(foreground fraction of the labelled pixels, number of instances) of a label image;
+    pixels labelled ``ignore_label`` are neither counted nor an instance."""
+    mask, valid = masks_from_labels(labels, ignore_label)
+    labelled = int(valid.sum())
+    values = np.unique(labels)
+    instances = values[(values > 0) & (values != ignore_label)] if ignore_label is not None else values[values > 0]
+    return (float(mask.sum() / labelled) if labelled else float("nan")), int(instances.size)
+
+
+def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None) -> tuple[str, tuple]:
     """('ok', index fields) or ('excluded', (path, reason, detail)) for one image-mask pair."""
     source, image_path, mask_path = pair
     try:
@@ -125,9 +139,9 @@ def inspect_labelled(pair: tuple[str, str, str]) -> tuple[str, tuple]:
     if image.shape != labels.shape:
         return "excluded", (image_path, "shape_mismatch",
                             f"image {image.shape} but mask {labels.shape} ({mask_path})")
-    n_instances = int(np.unique(labels).size - (1 if labels.min() == 0 else 0))
+    foreground, n_instances = _label_statistics(labels, ignore_label)
     return "ok", (image_path, mask_path, source, image.shape[0], image.shape[1], dtype, conversion,
-                  float((labels > 0).mean()), n_instances, "converted" if conversion else "ok")
+                  foreground, n_instances, "converted" if conversion else "ok")
 
 
 def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
@@ -141,14 +155,16 @@ def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
                   np.nan, np.nan, "converted" if conversion else "ok")
 
 
-def build_index(labelled_root: str | Path | None, pool_root: str | Path | None,
-                processes: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read every labelled pair and pool image once; return (index, excluded)."""
+def build_index(labelled_root: str | Path | None, pool_root: str | Path | None, processes: int = 1,
+                ignore_label: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every labelled pair and pool image once; return (index, excluded).
+    ``ignore_label``: the mask value of unlabelled pixels (None: every pixel is labelled)."""
     rows, excluded = [], []
     if labelled_root is not None:
         pairs, orphans = find_labelled_pairs(labelled_root)
         excluded.extend(orphans)
-        for outcome, fields in ordered_map(inspect_labelled, pairs, processes, len(pairs), "index labelled"):
+        inspect = partial(inspect_labelled, ignore_label=ignore_label)
+        for outcome, fields in ordered_map(inspect, pairs, processes, len(pairs), "index labelled"):
             (rows if outcome == "ok" else excluded).append(("labelled", *fields))
     if pool_root is not None:
         pool = find_pool_images(pool_root)

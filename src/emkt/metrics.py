@@ -2,11 +2,13 @@
 
 ``SegmentationMeter`` pools confusion counts and calibration-bin sums over every pixel it
 sees (constant memory, images of any size), and also keeps one row of metrics per image.
+Pixels outside an optional ``valid`` map (unlabelled regions) are not seen at all.
 
 Conventions for empty denominators (the same pooled and per image):
 
 * IoU and Dice are 1.0 when prediction and ground truth are both empty (``tp+fp+fn == 0``):
-  predicting no mitochondria on an image without any is a perfect answer.
+  predicting no mitochondria on an image without any is a perfect answer. With no pixel
+  counted at all (an image whose pixels are all unlabelled) every score is NaN.
 * precision is NaN when nothing is predicted positive (``tp+fp == 0``), recall is NaN when
   the ground truth has no positive pixel (``tp+fn == 0``); means over images can skip them
   with ``nanmean``.
@@ -33,9 +35,10 @@ def _ratio(num: float, den: float, empty: float) -> float:
 def segmentation_scores(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
     """IoU, Dice, accuracy, precision and recall from confusion counts (module conventions)."""
     total = tp + fp + fn + tn
+    both_empty = 1.0 if total > 0 else np.nan  # no pixel counted: nothing to score
     return {
-        "iou": _ratio(tp, tp + fp + fn, 1.0),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        "iou": _ratio(tp, tp + fp + fn, both_empty),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
         "accuracy": _ratio(tp + tn, total, np.nan),
         "precision": _ratio(tp, tp + fp, np.nan),
         "recall": _ratio(tp, tp + fn, np.nan),
@@ -77,10 +80,13 @@ class SegmentationMeter:
         self._bin_n = np.zeros(self.num_bins, dtype=np.float64)
         self._rows: list[dict[str, float | str]] = []
 
-    def update(self, prob: torch.Tensor, target: torch.Tensor, names: list[str] | None = None) -> None:
+    def update(self, prob: torch.Tensor, target: torch.Tensor, names: list[str] | None = None,
+               valid: torch.Tensor | None = None) -> None:
         """Add a batch: ``prob`` (B,1,H,W) probabilities in [0, 1], ``target`` (B,1,H,W) in {0, 1}.
 
         ``names`` labels the per-image rows; by default ``image_<k>`` with a running index.
+        ``valid`` (B,1,H,W) in {0, 1} marks the labelled pixels: the others count nowhere, not
+        in the confusion counts, the calibration bins or the per-image fractions.
         Successive batches may have different spatial sizes.
         """
         prob = torch.as_tensor(prob).detach().to("cpu", torch.float32)
@@ -90,6 +96,8 @@ class SegmentationMeter:
                 f"prob and target must both have shape (B, 1, H, W); got {tuple(prob.shape)} "
                 f"and {tuple(target.shape)}"
             )
+        if valid is not None and torch.as_tensor(valid).shape != prob.shape:
+            raise ValueError(f"valid must have the shape of prob {tuple(prob.shape)}, got {tuple(valid.shape)}")
         if prob.numel() and (prob.min() < 0 or prob.max() > 1 or torch.isnan(prob).any()):
             raise ValueError("prob must be probabilities in [0, 1] (did you pass logits?)")
         if ((target != 0) & (target != 1)).any():
@@ -101,16 +109,15 @@ class SegmentationMeter:
         elif len(names) != batch:
             raise ValueError(f"got {len(names)} names for a batch of {batch} images")
 
-        pred = (prob >= self.threshold).float()
-        # MONAI orders the counts as tp, fp, tn, fn; reorder to tp, fp, fn, tn
-        cm = get_confusion_matrix(pred, target, include_background=True)[:, 0, :].double().numpy()
-        cm = cm[:, [0, 1, 3, 2]]
-
-        mean_p, mean_gt, n = calibration_binning(prob, target, num_bins=self.num_bins)
-        n = n[:, 0, :].double().numpy()
-        # empty bins are NaN means with zero count: their sums are 0
-        sum_p = np.nan_to_num(mean_p[:, 0, :].double().numpy()) * n
-        sum_gt = np.nan_to_num(mean_gt[:, 0, :].double().numpy()) * n
+        if valid is None:
+            cm, sum_p, sum_gt, n = self._binned(prob, target)
+        else:
+            # MONAI's counts and bins take no mask (and calibration_binning does not skip NaN):
+            # each image's valid pixels go in alone, as a (1, 1, N) "image"
+            keep = torch.as_tensor(valid).detach().to("cpu") > 0
+            parts = [self._binned(prob[i][keep[i]].view(1, 1, -1), target[i][keep[i]].view(1, 1, -1))
+                     for i in range(batch)] or [self._binned(prob, target)]
+            cm, sum_p, sum_gt, n = (np.concatenate(arrays) for arrays in zip(*parts))
 
         self._counts += cm.sum(axis=0)
         self._bin_p += sum_p.sum(axis=0)
@@ -130,6 +137,21 @@ class SegmentationMeter:
                     "predicted_fraction": _ratio(tp + fp, total, np.nan),
                 }
             )
+
+    def _binned(self, prob: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """Per image: confusion counts (tp, fp, fn, tn) and per-bin sums of probability and
+        ground truth with the bin counts, as float64 arrays of shape (B, 4) and (B, num_bins)."""
+        pred = (prob >= self.threshold).float()
+        # MONAI orders the counts as tp, fp, tn, fn; reorder to tp, fp, fn, tn
+        cm = get_confusion_matrix(pred, target, include_background=True)[:, 0, :].double().numpy()
+        cm = cm[:, [0, 1, 3, 2]]
+
+        mean_p, mean_gt, n = calibration_binning(prob, target, num_bins=self.num_bins)
+        n = n[:, 0, :].double().numpy()
+        # empty bins are NaN means with zero count: their sums are 0
+        sum_p = np.nan_to_num(mean_p[:, 0, :].double().numpy()) * n
+        sum_gt = np.nan_to_num(mean_gt[:, 0, :].double().numpy()) * n
+        return cm, sum_p, sum_gt, n
 
     def compute(self) -> dict[str, float]:
         """Metrics pooled over all pixels seen: iou, dice, accuracy, precision, recall, ece, mce."""
