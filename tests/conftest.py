@@ -18,6 +18,7 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "em-mito-mini"
 TINY = {
     "seeds": [0, 1],
     "device": "cpu",
+    "conditions": ["baseline", "expansion", "ensemble_distillation", "pseudo_label", "feature_distillation"],
     "data": {"source": "synthetic",
              "synthetic": {"n_sources": 2, "images_per_source": 8, "image_size": [48, 48],
                            "unlabelled_images": 24, "seed": 3}},
@@ -33,12 +34,20 @@ TINY = {
     "student_baseline": {"epochs": 2},
     "joint": {"epochs": 2},
     "expand": {"epochs": 2, "images_per_epoch": 16},
+    "segmenters": {"unet": {"type": "unet", "width": 4, "depth": 3, "epochs": 2},
+                   "basicunet": {"type": "basicunet", "width": 4, "epochs": 2}},
+    "ensemble_distillation": {"epochs": 2},
+    "feature_distillation": {"student": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1,
+                                         "num_heads": 2, "deconv_chns": 8}, "epochs": 2},
     "evaluate": {"panel_images": 2},
     "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "evaluate": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "data": {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0},
                   "light": {"threads": 1, "mem_mb": 500, "runtime": 5}},
 }
+
+# The expansion condition only: for tests about the workflow machinery, not the conditions.
+TINY_EXPANSION = {**TINY, "conditions": ["baseline", "expansion"]}
 
 
 def snakemake_command(workdir: Path, config: dict, *args: str, cores: int | None = 2) -> list[str]:
@@ -110,3 +119,17 @@ def prepare_data(labelled_dir: Path, pool_dir: Path | None, out: Path, config: d
                         group_by)
     table.to_csv(out / "split.csv", index=False)
     return DataFiles(out / "split.csv", out / "labelled.json", out / "pool.json" if len(pool) else None)
+
+
+def make_tiny_data(root: Path, config: dict):
+    """Generated labelled images (2 sources x 6, 48x48) and a 16-image pool, indexed, packed and split."""
+    from emkt.synthetic import generate_labelled_set, generate_unlabelled_pool
+
+    generate_labelled_set(root / "labelled", 2, 6, (48, 48), seed=1)
+    generate_unlabelled_pool(root / "pool", 16, (48, 48), seed=2)
+    return prepare_data(root / "labelled", root / "pool", root / "store", config)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data"), merged(load_config(REPO / "config.yaml"), TINY))

@@ -4,10 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, TINY, merged, prepare_data
-from emkt.config import load_config
+from conftest import merged
 from emkt.runtime import seed_everything
-from emkt.synthetic import generate_labelled_set, generate_unlabelled_pool
 from emkt.resume import Checkpointing, fingerprint
 from emkt.train import (CollapseGuard, EpochSampler, TrainingCollapsed, check_finite, expand_student, joint_train,
                         pretrain_teacher, train_student_baseline)
@@ -15,13 +13,6 @@ from emkt.train import (CollapseGuard, EpochSampler, TrainingCollapsed, check_fi
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_labelled_set(root / "labelled", 2, 6, (48, 48), seed=1)
-    generate_unlabelled_pool(root / "pool", 16, (48, 48), seed=2)
-    config = merged(load_config(REPO / "config.yaml"), TINY)
-    return prepare_data(root / "labelled", root / "pool", root / "store", config)
 
 
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

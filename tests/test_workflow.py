@@ -17,12 +17,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY, job_stats, merged, snakemake_command
+from conftest import REPO, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
 from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
 
-FIGURES = ["metrics.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
+FIGURES = ["metrics.png", "speed_accuracy.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
+STUDENTS = {"baseline", "joint", "expanded", "ensemble_distilled", "pseudo_labelled", "feature_distilled"}
+PIXEL_METRICS = {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
+COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 
 
@@ -55,13 +58,32 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     result = snakemake(tmp_path, {}, "-n")
     jobs = job_stats(result.stdout + result.stderr)
     assert jobs["pretrain_teacher"] == jobs["train_student_baseline"] == jobs["joint_train"] == jobs["expand_student"] == 5
-    assert jobs["evaluate_student"] == 15 and jobs["evaluate_teacher"] == 10
+    # 6 students and 3 references (unet, basicunet, their ensemble with the baseline) per seed.
+    assert jobs["evaluate_model"] == 45 and jobs["evaluate_teacher"] == 10
+    assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
+    assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
     assert jobs["pack_labelled_shard"] == 8 and jobs["pack_pool_shard"] == 64 and jobs["store_manifest"] == 2
     assert "generate_synthetic_data" not in jobs
     folder = snakemake(tmp_path, {"data": {"source": "folder", "labelled_dir": "lab", "unlabelled_dir": "pool"}}, "-n")
     jobs = job_stats(folder.stdout + folder.stderr)
     assert "download_archive" not in jobs and jobs["index_data"] == 1 and jobs["pack_pool_shard"] == 64
+
+
+def test_a_condition_not_listed_adds_no_jobs(tmp_path):
+    only_baseline = job_stats(snakemake(tmp_path, {"conditions": ["baseline"]}, "-n").stdout)
+    assert only_baseline["evaluate_model"] == 5 and only_baseline["train_student_baseline"] == 5
+    assert not {"pretrain_teacher", "train_segmenter", "pseudo_label_shard", "feature_distill",
+                "evaluate_teacher", "plot_teacher_scatter"} & set(only_baseline)
+    # Self-training from the unet alone: one segmenter per seed, no ensemble.
+    pseudo = job_stats(snakemake(tmp_path, {"conditions": ["baseline", "pseudo_label"], "seeds": [0]}, "-n").stdout)
+    assert pseudo["train_segmenter"] == 1 and pseudo["pseudo_label_shard"] == 64
+    assert pseudo["evaluate_model"] == 3 and "ensemble_soft_labels" not in pseudo  # baseline, pseudo_labelled, unet
+    # ... or from the ensemble: its members are trained and it is evaluated as a reference.
+    ensemble = job_stats(snakemake(tmp_path, {"conditions": ["baseline", "pseudo_label"], "seeds": [0],
+                                              "pseudo_label": {"teacher": "ensemble"}}, "-n").stdout)
+    assert ensemble["train_segmenter"] == 2 and ensemble["ensemble_soft_labels"] == 1
+    assert "distill_ensemble" not in ensemble
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):
@@ -82,19 +104,43 @@ def test_demo_dag_produces_table_and_figures(demo_run):
         "shard-00000.npy", "shard-00000.origin.npy", "shard-00001.npy", "shard-00001.origin.npy"}
     summary = pd.read_csv(results / "tables" / "summary.csv")
     students = summary[summary["model"] == "student"]
-    assert set(students["condition"]) == {"baseline", "joint", "expanded"}
-    assert set(students["metric"]) == {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
+    assert set(students["condition"]) == STUDENTS
+    assert set(students["metric"]) == PIXEL_METRICS | COST_METRICS | {"iou_vs_teacher", "count_diff_vs_teacher"}
+    assert set(students[students["metric"] == "iou_vs_teacher"]["condition"]) == {"feature_distilled"}
     assert (students["n_seeds"] == 2).all() and {"seed_0", "seed_1"} <= set(summary.columns)
+    references = summary[summary["model"] == "reference"]
+    assert set(references["condition"]) == {"unet", "basicunet", "ensemble"}
+    assert set(references["metric"]) == PIXEL_METRICS | COST_METRICS
+    # The small student is smaller than its teacher (the baseline), and both were timed.
+    cost = summary[summary["metric"].isin(COST_METRICS)].set_index(["condition", "metric"])["mean"]
+    assert cost["feature_distilled", "parameters"] < cost["baseline", "parameters"]
+    assert (cost > 0).all()
+    # Paired comparison with the baseline student, for students and references.
+    compared = summary[(summary["model"] != "teacher") & (summary["condition"] != "baseline")
+                       & summary["metric"].isin(PIXEL_METRICS)]
+    assert (compared["n_pairs"] == 2).all() and compared["delta_ci_low"].notna().all()
+    assert summary[summary["condition"] == "baseline"]["delta_mean"].isna().all()
     teachers = summary[summary["model"] == "teacher"]
     assert set(teachers["condition"]) == {"pretrained", "joint"} and {"mae", "spearman"} <= set(teachers["metric"])
     iou = students[students["metric"] == "iou"]
     assert iou["mean"].between(0, 1).all()
-    assert "| student | baseline | iou |" in (results / "tables" / "summary.md").read_text()
+    markdown = (results / "tables" / "summary.md").read_text()
+    assert "| student | baseline | iou |" in markdown and "| reference | ensemble | iou |" in markdown
+    assert "p (paired t)" in markdown
     for figure in FIGURES:
         assert (results / "figures" / figure).stat().st_size > 10_000
-    for stage in ("teacher_pretrained", "student_baseline", "joint", "student_expanded"):
+    for stage in ("teacher_pretrained", "student_baseline", "joint", "student_expanded", "segmenter_unet",
+                  "segmenter_basicunet", "student_ensemble_distilled", "student_pseudo_labelled",
+                  "student_feature_distilled"):
         history = pd.read_csv(results / "history" / f"{stage}_0.csv")
-        assert {"epoch", "lr", "seconds"} <= set(history.columns) and len(history) == 2
+        assert {"epoch", "lr", "seconds"} <= set(history.columns) and len(history) == 2, stage
+    # Self-training sees as many pool images as expansion.
+    pool_images = [pd.read_csv(results / "history" / f"{stage}_0.csv")["train_pool_images"]
+                   for stage in ("student_expanded", "student_pseudo_labelled")]
+    assert (pool_images[0] == pool_images[1]).all()
+    soft = pd.read_csv(results / "soft_labels" / "ensemble_0.csv")
+    assert len(soft) == (split["split"] == "train").sum()
+    assert sorted(p.name for p in (results / "pseudo" / "0").iterdir()) == ["shard-00000.npy", "shard-00001.npy"]
     assert (results / "benchmarks" / "joint_train" / "1.tsv").is_file()
     assert "epoch 2/2" in (results / "logs" / "expand_student" / "0.log").read_text()
 
@@ -106,8 +152,8 @@ def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_r
     dry = snakemake(demo_run, TINY, "-n")
     jobs = job_stats(dry.stdout + dry.stderr)
     assert not TRAINING_RULES & set(jobs)
-    assert jobs == Counter({"evaluate_student": 1, "evaluate_teacher": 2, "aggregate": 1, "plot_metrics": 1,
-                            "plot_teacher_scatter": 1, "all": 1})
+    assert jobs == Counter({"evaluate_model": 1, "evaluate_teacher": 2, "aggregate": 1, "plot_metrics": 1,
+                            "plot_speed_accuracy": 1, "plot_teacher_scatter": 1, "all": 1})
     snakemake(demo_run, TINY)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     assert {k: v for k, v in after.items() if k != "student_expanded_1.pth"} == \
@@ -136,7 +182,7 @@ def empiar_mirror(tmp_path, shared_data):
         yield server
 
 
-FIXTURE_RUN = merged(TINY, {
+FIXTURE_RUN = merged(TINY_EXPANSION, {
     "seeds": [0],
     "data": {"source": "empiar", "max_excluded_fraction": 0.0},
     "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "group_by": "source"},

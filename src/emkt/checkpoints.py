@@ -9,11 +9,15 @@ import torch
 from torch import nn
 
 from . import __version__
-from .models import build_student, build_teacher
+from .models import EnsembleSegmenter, build_segmenter, build_student, build_teacher
 from .files import atomic_path
 
 FORMAT_VERSION = 1
-KINDS = ("student", "teacher")
+# student: the ViT segmenter; teacher: the loss predictor; segmenter: a MONAI convolutional
+# segmenter (config 'segmenters'); ensemble: segmenters averaged (arch lists the members).
+KINDS = ("student", "teacher", "segmenter", "ensemble")
+# Kinds that map an image to foreground logits: what evaluation and prediction accept.
+SEGMENTATION_KINDS = ("student", "segmenter", "ensemble")
 NORMALISATION = "per-image z-score of the grey values"
 
 
@@ -50,12 +54,33 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_model(path: str | Path, expected_kind: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a student or teacher from its checkpoint; returns (model on CPU, checkpoint)."""
+def build_model(kind: str, arch: dict, input_size: int) -> nn.Module:
+    """An untrained network of a checkpoint kind and architecture."""
+    if kind == "student":
+        return build_student(arch, input_size)
+    if kind == "teacher":
+        return build_teacher(arch, input_size)
+    if kind == "segmenter":
+        return build_segmenter(arch, input_size)
+    if kind == "ensemble":
+        return EnsembleSegmenter([build_model(m["kind"], m["arch"], input_size) for m in arch["members"]])
+    raise ValueError(f"unknown model kind {kind!r}; allowed: {KINDS}")
+
+
+def ensemble_arch(checkpoints: list[dict]) -> dict:
+    """The ``arch`` of an ensemble checkpoint: its members' kinds and architectures."""
+    return {"members": [{"kind": c["kind"], "arch": c["arch"]} for c in checkpoints]}
+
+
+def load_model(path: str | Path, expected_kind: str | tuple[str, ...] | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a network from its checkpoint; returns (model on CPU, checkpoint).
+
+    ``expected_kind`` is a kind or a tuple of accepted kinds (e.g. SEGMENTATION_KINDS).
+    """
     payload = load_checkpoint(path)
-    if expected_kind and payload["kind"] != expected_kind:
-        raise ValueError(f"{path}: expected a {expected_kind} checkpoint, found a {payload['kind']}")
-    builder = build_student if payload["kind"] == "student" else build_teacher
-    model = builder(payload["arch"], payload["input_size"])
+    accepted = (expected_kind,) if isinstance(expected_kind, str) else expected_kind
+    if accepted and payload["kind"] not in accepted:
+        raise ValueError(f"{path}: expected a {' or '.join(accepted)} checkpoint, found a {payload['kind']}")
+    model = build_model(payload["kind"], payload["arch"], payload["input_size"])
     model.load_state_dict(payload["state_dict"])
     return model, payload

@@ -71,17 +71,7 @@ def _semantic_problems(config: dict) -> list[str]:
             f"got {split['train']} + {split['val']} + {split['test']} = {total:g}"
         )
     size = config["input_size"]
-    patch = config["student"]["patch_size"]
-    if size % patch:
-        problems.append(f"config key 'student.patch_size' = {patch} must divide 'input_size' = {size}")
-    if math.isqrt(patch) ** 2 != patch:
-        problems.append(f"config key 'student.patch_size' = {patch} must be a perfect square (MONAI ViT requirement)")
-    student = config["student"]
-    if student["hidden_size"] % student["num_heads"]:
-        problems.append(
-            f"config key 'student.hidden_size' = {student['hidden_size']} must be divisible by "
-            f"'student.num_heads' = {student['num_heads']}"
-        )
+    problems += _vit_problems("student", config["student"], size)
     teacher = config["teacher"]
     if len(teacher["channels"]) != len(teacher["strides"]):
         problems.append("config keys 'teacher.channels' and 'teacher.strides' must have the same length")
@@ -99,6 +89,59 @@ def _semantic_problems(config: dict) -> list[str]:
                         f"'input_size' = {size} (expansion crops input_size windows from pool tiles)")
     if len(set(config["seeds"])) != len(config["seeds"]):
         problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
+    return problems + _condition_problems(config)
+
+
+def _vit_problems(key: str, student: dict, size: int) -> list[str]:
+    """A ViTAutoEnc's constraints, for the config section ``key``."""
+    problems = []
+    patch = student["patch_size"]
+    if size % patch:
+        problems.append(f"config key '{key}.patch_size' = {patch} must divide 'input_size' = {size}")
+    if math.isqrt(patch) ** 2 != patch:
+        problems.append(f"config key '{key}.patch_size' = {patch} must be a perfect square (MONAI ViT requirement)")
+    if student["hidden_size"] % student["num_heads"]:
+        problems.append(
+            f"config key '{key}.hidden_size' = {student['hidden_size']} must be divisible by "
+            f"'{key}.num_heads' = {student['num_heads']}"
+        )
+    return problems
+
+
+def _condition_problems(config: dict) -> list[str]:
+    """Names that the distillation conditions refer to must exist, and networks must fit the input size."""
+    problems = []
+    if "baseline" not in config["conditions"]:
+        problems.append(f"config key 'conditions' = {config['conditions']} must include 'baseline' "
+                        "(the reference of every paired comparison)")
+    segmenters = config["segmenters"]
+    size = config["input_size"]
+    for name, arch in segmenters.items():
+        depth = arch.get("depth")
+        if arch["type"] == "basicunet" and depth not in (None, 5):
+            problems.append(f"config key 'segmenters.{name}.depth' = {depth}: a basicunet always has 5 levels; leave depth out")
+        downsampling = 2 ** ((depth or 5) - 1)
+        if size % downsampling:
+            problems.append(f"config key 'input_size' = {size} must be divisible by {downsampling}, the "
+                            f"downsampling of 'segmenters.{name}'")
+    known = ["baseline", *segmenters]
+    for member in config["ensemble_distillation"]["members"]:
+        if member not in known:
+            problems.append(f"config key 'ensemble_distillation.members' names {member!r}; allowed: {known} "
+                            "('baseline' or a name from 'segmenters')")
+    if config["pseudo_label"]["teacher"] not in [*known, "ensemble"]:
+        problems.append(f"config key 'pseudo_label.teacher' = {config['pseudo_label']['teacher']!r} is not "
+                        f"allowed; allowed values: {[*known, 'ensemble']}")
+    feature = config["feature_distillation"]
+    if feature["teacher"] not in known:
+        problems.append(f"config key 'feature_distillation.teacher' = {feature['teacher']!r} is not allowed; "
+                        f"allowed values: {known}")
+    problems += _vit_problems("feature_distillation.student", feature["student"], size)
+    small, big = feature["student"], config["student"]
+    if feature["teacher"] == "baseline" and not (small["num_layers"] < big["num_layers"]
+                                                 or small["hidden_size"] < big["hidden_size"]):
+        problems.append("config key 'feature_distillation.student' must have fewer layers (num_layers) or "
+                        "channels (hidden_size) than its teacher, the baseline student ('student')")
     return problems
 
 

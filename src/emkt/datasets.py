@@ -33,18 +33,19 @@ class LabelledCrops(_EpochSeeded):
     ``store`` is an emkt.store.LabelledStore; ``ids`` the store ids of the training split.
     Crops are z-scored with their whole image's statistics, as evaluation normalises whole images.
     A ``transform`` must move "valid" with "mask" (``train_augmentation(seed, keys=("image",
-    "mask", "valid"))``), or the losses would ignore the wrong pixels.
+    "mask", "valid"))``), or the losses would ignore the wrong pixels. With ``soft`` (an
+    emkt.store.SoftLabelStore) samples also hold "soft", the soft label of the same crop.
     """
 
     def __init__(self, store, ids: Sequence[int], size: int, seed: int, crops_per_image: int = 1,
-                 transform: Callable | None = None, ignore_label: int | None = None) -> None:
+                 transform: Callable | None = None, ignore_label: int | None = None, soft=None) -> None:
         super().__init__(seed)
         if ignore_label is not None and transform is not None and not _moves_with_mask(transform, "valid"):
             raise ValueError('the augmentation moves "mask" but not "valid"; build it with '
                              'train_augmentation(seed, keys=("image", "mask", "valid"))')
         self.store, self.ids = store, [int(i) for i in ids]
         self.size, self.crops_per_image, self.transform = size, crops_per_image, transform
-        self.ignore_label = ignore_label
+        self.ignore_label, self.soft = ignore_label, soft
 
     def __len__(self) -> int:
         return len(self.ids) * self.crops_per_image
@@ -54,9 +55,14 @@ class LabelledCrops(_EpochSeeded):
         image_id = self.ids[index % len(self.ids)]
         mean, std = self.store.stats(image_id)
         mask, valid = masks_from_labels(self.store.labels(image_id), self.ignore_label)
-        image, mask, valid = random_crop([self.store.image(image_id), mask, valid], self.size, rng)
+        arrays = [self.store.image(image_id), mask, valid]
+        if self.soft is not None:
+            arrays.append(self.soft.mean(image_id))
+        image, mask, valid, *soft = random_crop(arrays, self.size, rng)
         image = (image.astype(np.float32) - mean) / max(std, 1e-6)
         sample = {"image": _tensor(image), "mask": _tensor(mask), "valid": _tensor(valid)}
+        if soft:
+            sample["soft"] = _tensor(soft[0])
         return _augment(self.transform, sample, rng)
 
 
@@ -64,20 +70,29 @@ class PoolCrops(_EpochSeeded):
     """Random crops of unlabelled pool tiles (an emkt.store.TileStore), each tile z-scored
     on its own; read from disk on demand, so memory does not grow with the pool."""
 
-    def __init__(self, store, size: int, seed: int, transform: Callable | None = None) -> None:
+    def __init__(self, store, size: int, seed: int, transform: Callable | None = None, pseudo=None) -> None:
         super().__init__(seed)
         if store.tile < size:
             raise ValueError(f"pool tiles of {store.tile} px are smaller than input_size {size}; "
                              "raise store.pool_tile and repack")
-        self.store, self.size, self.transform = store, size, transform
+        if pseudo is not None and (len(pseudo) != len(store) or pseudo.tile != store.tile):
+            raise ValueError(f"the pseudo-labels ({len(pseudo)} tiles of {pseudo.tile} px) do not match the pool "
+                             f"({len(store)} tiles of {store.tile} px); rerun the pseudo_label_shard rule")
+        self.store, self.size, self.transform, self.pseudo = store, size, transform, pseudo
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """{"image"} and, with pseudo-labels, {"pseudo": probability in [0, 1]} of the same crop."""
         rng = self._rng(index)
-        (image,) = random_crop([normalise_image(self.store.tile_at(index))], self.size, rng)
-        sample = {"image": _tensor(image)}
+        arrays = [normalise_image(self.store.tile_at(index))]
+        if self.pseudo is not None:
+            arrays.append(self.pseudo.tile_at(index).astype(np.float32) / 255.0)
+        crops = random_crop(arrays, self.size, rng)
+        sample = {"image": _tensor(crops[0])}
+        if self.pseudo is not None:
+            sample["pseudo"] = _tensor(crops[1])
         return _augment(self.transform, sample, rng)
 
 

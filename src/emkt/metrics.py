@@ -194,3 +194,30 @@ def teacher_agreement(predicted: np.ndarray, true: np.ndarray) -> dict[str, floa
         spearman = float(stats.spearmanr(predicted, true).statistic)
         pearson = float(stats.pearsonr(predicted, true).statistic)
     return {"mae": mae, "spearman": spearman, "pearson": pearson}
+
+
+def count_objects(binary: np.ndarray) -> int:
+    """Connected foreground components (8-connectivity), as users count mitochondria."""
+    from scipy import ndimage
+
+    return int(ndimage.label(binary, structure=np.ones((3, 3), dtype=int))[1])
+
+
+def agreement_with_reference(probs: list[np.ndarray], reference_probs: list[np.ndarray],
+                             valids: list[np.ndarray | None] | None = None, threshold: float = 0.5) -> dict[str, float]:
+    """How closely a student reproduces another network (e.g. its distillation teacher).
+
+    ``iou_vs_teacher``: IoU of the two binarised masks pooled over all (valid) pixels;
+    ``count_diff_vs_teacher``: mean over images of |objects(student) - objects(teacher)|.
+    """
+    valids = valids or [None] * len(probs)
+    intersection = union = 0.0
+    differences = []
+    for prob, reference, valid in zip(probs, reference_probs, valids):
+        mine, theirs = prob >= threshold, reference >= threshold
+        keep = np.ones_like(mine) if valid is None else valid.astype(bool)
+        intersection += float((mine & theirs & keep).sum())
+        union += float(((mine | theirs) & keep).sum())
+        differences.append(abs(count_objects(mine & keep) - count_objects(theirs & keep)))
+    return {"iou_vs_teacher": _ratio(intersection, union, 1.0),
+            "count_diff_vs_teacher": float(np.mean(differences)) if differences else float("nan")}

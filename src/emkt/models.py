@@ -1,11 +1,19 @@
-"""The student segmenter and the loss-predicting teacher, built from MONAI networks."""
+"""The networks: the ViT student, the loss-predicting teacher, the convolutional segmenters
+of the distillation conditions, their ensemble, and feature taps for feature distillation.
+All built from MONAI networks."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import Critic, ViTAutoEnc
+from monai.networks.nets import BasicUNet, Critic, SegResNet, UNet, ViTAutoEnc
 from torch import nn
+
+SEGMENTER_TYPES = ("unet", "basicunet", "segresnet")
+# BasicUNet has a fixed depth: four 2x downsamplings.
+BASICUNET_DEPTH = 5
 
 
 class ViTSegmenter(nn.Module):
@@ -64,6 +72,136 @@ def build_student(student_cfg: dict, input_size: int) -> ViTSegmenter:
 
 def build_teacher(teacher_cfg: dict, input_size: int) -> LossPredictor:
     return LossPredictor(input_size=input_size, **teacher_cfg)
+
+
+def segmenter_downsampling(arch: dict) -> int:
+    """By how much a segmenter's deepest level is downsampled: inputs must be multiples of it."""
+    depth = BASICUNET_DEPTH if arch["type"] == "basicunet" else arch["depth"]
+    return 2 ** (depth - 1)
+
+
+def build_segmenter(arch: dict, input_size: int | None = None) -> nn.Module:
+    """A MONAI convolutional segmenter (1 channel in, 1 logit channel out) from a config entry
+    of ``segmenters``: ``type`` (unet, basicunet, segresnet), ``width`` (channels of the first
+    level, doubling per level), ``depth`` (resolution levels; basicunet always has 5)."""
+    kind, width = arch["type"], int(arch["width"])
+    depth = arch.get("depth") or BASICUNET_DEPTH
+    if kind == "unet":
+        return UNet(spatial_dims=2, in_channels=1, out_channels=1,
+                    channels=[width * 2**level for level in range(depth)], strides=[2] * (depth - 1),
+                    num_res_units=2)
+    if kind == "basicunet":
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=1,
+                         features=(width, width, 2 * width, 4 * width, 8 * width, width))
+    if kind == "segresnet":
+        return SegResNet(spatial_dims=2, in_channels=1, out_channels=1, init_filters=width,
+                         blocks_down=tuple([1, 2, 2, 4, 4, 4][:depth]), blocks_up=(1,) * (depth - 1))
+    raise ValueError(f"unknown segmenter type {kind!r}; allowed: {SEGMENTER_TYPES}")
+
+
+def probability_logit(prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The logit of a probability, clamped so that certain pixels stay finite."""
+    prob = prob.clamp(eps, 1.0 - eps)
+    return torch.log(prob) - torch.log1p(-prob)
+
+
+class EnsembleSegmenter(nn.Module):
+    """Several segmenters whose sigmoid outputs are averaged.
+
+    ``forward`` returns the logit of the mean probability, so the ensemble is evaluated and
+    applied exactly like a single network; ``mean_and_sd`` gives the soft labels (mean and
+    standard deviation over members per pixel) at a temperature.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def member_probabilities(self, image: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(members, B, 1, H, W) sigmoid outputs, each at ``temperature``."""
+        return torch.stack([torch.sigmoid(member(image) / temperature) for member in self.members])
+
+    def mean_and_sd(self, image: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(B, 2, H, W): channel 0 the mean, channel 1 the standard deviation over members."""
+        probs = self.member_probabilities(image, temperature)
+        return torch.cat([probs.mean(0), probs.std(0, unbiased=False)], dim=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return probability_logit(self.member_probabilities(image).mean(0))
+
+
+def default_feature_layer(model: nn.Module) -> str:
+    """The module whose output feature distillation matches when the config names none: the
+    last transformer block of a ViT student. Other networks need the layer named."""
+    if isinstance(model, ViTSegmenter):
+        return f"net.blocks.{len(model.net.blocks) - 1}"
+    raise ValueError(f"{type(model).__name__} has no default feature layer; name one in the config "
+                     "(feature_distillation.teacher_layer / student_layer), e.g. one of: "
+                     + ", ".join(name for name, _ in list(model.named_modules())[1:8]) + ", ...")
+
+
+def as_feature_map(output: torch.Tensor) -> torch.Tensor:
+    """A layer's output as (B, C, H, W): ViT tokens (B, N, C) become a square map."""
+    if output.ndim == 4:
+        return output
+    if output.ndim == 3:
+        side = math.isqrt(output.shape[1])
+        if side * side != output.shape[1]:
+            raise ValueError(f"cannot make a square map of {output.shape[1]} tokens")
+        return output.transpose(1, 2).reshape(output.shape[0], output.shape[2], side, side)
+    raise ValueError(f"expected a (B,C,H,W) map or (B,N,C) tokens, got shape {tuple(output.shape)}")
+
+
+class FeatureTap:
+    """Keeps the latest output of one named module (a forward hook) as a (B, C, H, W) map."""
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        self.layer = layer or default_feature_layer(model)
+        modules = dict(model.named_modules())
+        if self.layer not in modules:
+            raise ValueError(f"no module named {self.layer!r} in {type(model).__name__}; some names: "
+                             + ", ".join(list(modules)[1:12]))
+        self.output: torch.Tensor | None = None
+        self._handle = modules[self.layer].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple, output) -> None:
+        self.output = as_feature_map(output[0] if isinstance(output, (tuple, list)) else output)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def feature_channels(model: nn.Module, tap: FeatureTap, input_size: int) -> int:
+    """Channels of the tapped map, found with one forward pass on a blank input."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 1, input_size, input_size, device=device))
+    model.train(was_training)
+    return int(tap.output.shape[1])
+
+
+class FeatureProjection(nn.Module):
+    """A 1x1 convolution from the student's feature channels to the teacher's (identity when
+    equal), then resizing to the teacher's map size when the two differ."""
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.conv = (nn.Identity() if student_channels == teacher_channels
+                     else nn.Conv2d(student_channels, teacher_channels, kernel_size=1))
+
+    def forward(self, student_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        projected = self.conv(student_map)
+        if projected.shape[-2:] != tuple(size):
+            projected = F.interpolate(projected, size=size, mode="bilinear", align_corners=False)
+        return projected
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -16,6 +16,12 @@ Format (uint8 raw shards, no compression; the README says why not zarr):
   cut into edge-flush tiles, smaller ones reflect-padded; ``shard-NNNNN.origin.npy`` records
   (index row, top, left) of every tile.
 - ``<set>.json`` beside the two folders: format version, shard files and counts.
+- Pseudo-labels of the pool (set ``pseudo``): the same layout as the pool, one uint8
+  probability (p * 255) per pool pixel, so tile i of both stores is the same place.
+- Soft labels of the labelled train images (ensemble distillation): ``<name>.bin`` holds,
+  per image, the members' mean probability then their standard deviation, both uint8
+  (mean * 255, sd * 510: an sd of probabilities is at most 0.5); ``<name>.csv`` gives id,
+  height, width and the offset.
 
 Readers open shard files lazily in each process and read with ``os.pread`` (no mmap: mapped
 pages count towards a process's resident memory, which then grows over a pass over the pool).
@@ -37,7 +43,10 @@ from .files import atomic_path
 from .parallel import ordered_map
 
 FORMAT_VERSION = 1
-SETS = ("labelled", "pool")
+SETS = ("labelled", "pool", "pseudo")
+SOFT_LABEL_COLUMNS = ["id", "height", "width", "offset"]
+# uint8 quantisation of soft labels: probabilities in [0, 1], standard deviations in [0, 0.5].
+MEAN_SCALE, SD_SCALE = 255.0, 510.0
 LABELLED_COLUMNS = ["id", "height", "width", "image_offset", "mask_offset", "mean", "std"]
 
 
@@ -303,11 +312,11 @@ class LabelledStore:
 
 class TileStore:
     """Fixed-size pool tiles by position 0..len-1; holds only per-shard offsets, so memory
-    does not depend on the pool size."""
+    does not depend on the pool size. ``store_set`` 'pseudo' reads the pool's pseudo-labels."""
 
-    def __init__(self, manifest_path: str | Path) -> None:
+    def __init__(self, manifest_path: str | Path, store_set: str = "pool") -> None:
         manifest_path = Path(manifest_path)
-        manifest = read_manifest(manifest_path, "pool")
+        manifest = read_manifest(manifest_path, store_set)
         self.tile = int(manifest["tile"])
         paths, offsets, counts = [], [], []
         for shard in manifest["shards"]:
@@ -345,3 +354,57 @@ class TileStore:
         for slot in np.lexsort((offsets, shards)):
             self._files.read_into(int(shards[slot]), int(offsets[slot]), out[slot])
         return out
+
+
+# ---------------------------------------------------------------- soft labels
+
+def quantise_probability(values: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(values, dtype=np.float32) * scale), 0, 255).astype(np.uint8)
+
+
+def write_soft_labels(labels: Iterator[tuple[int, np.ndarray, np.ndarray]], bin_path: str | Path,
+                      table_path: str | Path) -> pd.DataFrame:
+    """Write (id, mean, sd) per image, streamed: memory holds one image at a time."""
+    records = []
+    with atomic_path(bin_path) as tmp, open(tmp, "wb") as out:
+        for image_id, mean, sd in labels:
+            if mean.shape != sd.shape or mean.ndim != 2:
+                raise ValueError(f"soft labels of id {image_id}: mean {mean.shape} and sd {sd.shape} must be equal 2D shapes")
+            records.append({"id": int(image_id), "height": mean.shape[0], "width": mean.shape[1], "offset": out.tell()})
+            out.write(quantise_probability(mean, MEAN_SCALE).tobytes())
+            out.write(quantise_probability(sd, SD_SCALE).tobytes())
+    table = pd.DataFrame(records, columns=SOFT_LABEL_COLUMNS)
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+class SoftLabelStore:
+    """Soft labels by labelled-image id, read from disk on demand (see write_soft_labels)."""
+
+    def __init__(self, table_path: str | Path) -> None:
+        table_path = Path(table_path)
+        table = pd.read_csv(table_path)
+        if list(table.columns) != SOFT_LABEL_COLUMNS:
+            raise StoreError(f"{table_path}: columns {list(table.columns)}, expected {SOFT_LABEL_COLUMNS}")
+        self._row_of = {int(i): n for n, i in enumerate(table["id"])}
+        self._cols = {c: table[c].to_numpy() for c in SOFT_LABEL_COLUMNS}
+        self._files = _Files([table_path.with_suffix(".bin")])
+        self.table_path = table_path
+
+    def _read(self, image_id: int, which: int) -> np.ndarray:
+        try:
+            n = self._row_of[int(image_id)]
+        except KeyError:
+            raise StoreError(f"{self.table_path}: no soft labels for image id {image_id}") from None
+        shape = (int(self._cols["height"][n]), int(self._cols["width"][n]))
+        offset = int(self._cols["offset"][n]) + which * shape[0] * shape[1]
+        return self._files.read_array(0, offset, shape, "u1")
+
+    def mean(self, image_id: int) -> np.ndarray:
+        """The members' mean probability, float32 in [0, 1]."""
+        return self._read(image_id, 0).astype(np.float32) / MEAN_SCALE
+
+    def sd(self, image_id: int) -> np.ndarray:
+        """The members' standard deviation, float32 in [0, 0.5]."""
+        return self._read(image_id, 1).astype(np.float32) / SD_SCALE

@@ -8,6 +8,7 @@ what one step and one validation are.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from contextlib import contextmanager
@@ -27,10 +28,10 @@ from .augment import MaskCorruptor, train_augmentation
 from .data import load_whole_images, random_crop, read_split
 from .datasets import LabelledCrops, PoolCrops
 from .evaluate import evaluate_segmenter, summarise_teacher, teacher_predictions
-from .losses import per_image_bce, per_image_bce_with_logits
-from .models import build_student, build_teacher, freeze
+from .losses import per_image_bce, per_image_bce_with_logits, per_image_mse
+from .models import FeatureProjection, FeatureTap, build_student, build_teacher, feature_channels, freeze
 from .resume import Checkpointing
-from .store import LabelledStore, TileStore
+from .store import LabelledStore, SoftLabelStore, TileStore
 from .files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -254,10 +255,11 @@ class DataFiles:
     split: str | Path
     labelled: str | Path
     pool: str | Path | None = None
+    ignore_label: int | None = None
 
     def split_items(self, split: str) -> list[dict]:
-        """Whole normalised images and masks of one split, for validation or testing."""
-        return load_whole_images(read_split(self.split, split), LabelledStore(self.labelled))
+        """Whole normalised images, masks and valid maps of one split, for validation or testing."""
+        return load_whole_images(read_split(self.split, split), LabelledStore(self.labelled), self.ignore_label)
 
 
 @dataclass
@@ -268,11 +270,22 @@ class StageData:
     val_items: list[dict]
 
 
-def labelled_data(cfg: dict, seed: int, files: DataFiles, device: torch.device) -> StageData:
-    transform = train_augmentation(seed) if cfg["train"]["augment"] else None
+def labelled_data(cfg: dict, seed: int, files: DataFiles, device: torch.device,
+                  soft: SoftLabelStore | None = None) -> StageData:
+    """Training crops {"image", "mask", "valid"} (and "soft" with soft labels) and whole validation images."""
+    keys = ("image", "mask", "valid", "soft") if soft is not None else ("image", "mask", "valid")
+    transform = train_augmentation(seed, keys=keys) if cfg["train"]["augment"] else None
     crops = LabelledCrops(LabelledStore(files.labelled), read_split(files.split, "train")["id"], cfg["input_size"],
-                          seed, crops_per_image=cfg["loader"]["crops_per_image"], transform=transform)
+                          seed, crops_per_image=cfg["loader"]["crops_per_image"], transform=transform,
+                          ignore_label=files.ignore_label, soft=soft)
     return StageData(make_loader(crops, cfg, seed, device), files.split_items("val"))
+
+
+def cycle(loader: Loader, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``loader`` without end: passes (epoch, 0), (epoch, 1), ... each reshuffled,
+    for a stage whose epoch is set by another loader."""
+    for repeat in itertools.count():
+        yield from loader.epoch(epoch * 100_000 + repeat)
 
 
 def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
@@ -301,15 +314,15 @@ def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, c
     so validation losses are comparable across epochs."""
     rng = np.random.default_rng([seed, 99])
     corruptor = MaskCorruptor(corruption, seed=seed + 99)
-    images, masks = [], []
+    crops: dict[str, list[torch.Tensor]] = {"image": [], "mask": [], "valid": []}
     for item in val_items:
         for _ in range(per_image):
-            image, mask = random_crop([item["image"], item["mask"]], size, rng)
-            images.append(torch.from_numpy(np.ascontiguousarray(image)).float())
-            masks.append(torch.from_numpy(np.ascontiguousarray(mask)).float())
-    image_t, mask_t = torch.stack(images)[:, None], torch.stack(masks)[:, None]
+            for key, crop in zip(crops, random_crop([item[key] for key in crops], size, rng)):
+                crops[key].append(torch.from_numpy(np.ascontiguousarray(crop)).float())
+    image_t, mask_t, valid_t = (torch.stack(crops[key])[:, None] for key in crops)
     corrupted = corruptor.corrupt_batch(mask_t)
-    return {"image": image_t, "mask": mask_t, "corrupted": corrupted, "target": per_image_bce(corrupted, mask_t)}
+    return {"image": image_t, "mask": mask_t, "corrupted": corrupted,
+            "target": per_image_bce(corrupted, mask_t, valid=valid_t)}
 
 
 @torch.no_grad()
@@ -342,10 +355,9 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
         teacher.train()
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), "pretrain_teacher", epoch):
-            mask = batch["mask"]
-            corrupted = corruptor.corrupt_batch(mask)
-            batch = to_device({"image": batch["image"], "mask": mask, "corrupted": corrupted}, device)
-            target = per_image_bce(batch["corrupted"], batch["mask"])
+            corrupted = corruptor.corrupt_batch(batch["mask"])
+            batch = to_device({**batch, "corrupted": corrupted}, device)
+            target = per_image_bce(batch["corrupted"], batch["mask"], valid=batch["valid"])
             loss = F.mse_loss(teacher(batch["image"], batch["corrupted"]), target)
             check_finite(loss, "teacher pretraining loss")
             optimizer.zero_grad(set_to_none=True)
@@ -362,36 +374,47 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
     return teacher
 
 
-# ---------------------------------------------------------------- stage 2: student baseline
+# ---------------------------------------------------------------- stage 2: student baseline, segmenters
 
-def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                           device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
-    """BCE only, from scratch."""
+def gt_bce(logits: torch.Tensor, batch: dict[str, torch.Tensor], cfg: dict) -> torch.Tensor:
+    """Per-image BCE against the ground truth over labelled (not ignored) pixels, shape (B,)."""
+    return per_image_bce_with_logits(logits, batch["mask"], cfg["train"]["pos_weight"], valid=batch["valid"])
+
+
+def train_segmenter(cfg: dict, seed: int, files: DataFiles, model: nn.Module, epochs: int,
+                    history_path: str | Path, device: torch.device, resume: Checkpointing | None = None,
+                    stage: str = "student_baseline") -> nn.Module:
+    """BCE only, from scratch: the baseline student and the convolutional segmenters."""
     data = labelled_data(cfg, seed, files, device)
-    student = new_student(cfg, device)
-    optimizer = make_optimizer(student.parameters(), cfg["train"])
+    model = model.to(device)
+    optimizer = make_optimizer(model.parameters(), cfg["train"])
     scheduler = make_scheduler(optimizer, cfg["train"])
-    pos_weight = cfg["train"]["pos_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        student.train()
+        model.train()
         tracker = MeanTracker()
-        for batch in progress(data.train.epoch(epoch), "student_baseline", epoch):
+        for batch in progress(data.train.epoch(epoch), stage, epoch):
             batch = to_device(batch, device)
-            loss = per_image_bce_with_logits(student(batch["image"]), batch["mask"], pos_weight).mean()
-            check_finite(loss, "student BCE")
+            loss = gt_bce(model(batch["image"]), batch, cfg).mean()
+            check_finite(loss, f"{stage} BCE")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             tracker.add(bce=loss.item())
         return tracker.means()
 
-    best = fit(cfg["student_baseline"]["epochs"], train_epoch,
-               lambda: student_validation(student, data.val_items, cfg, device)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "student_baseline",
+    best = fit(epochs, train_epoch, lambda: student_validation(model, data.val_items, cfg, device)[0],
+               {"model": model}, [scheduler], Selection("iou"), history_path, stage,
                {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
-    student.load_state_dict(best["student"])
-    return student
+    model.load_state_dict(best["model"])
+    return model
+
+
+def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
+                           device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+    """The ViT student with BCE only, from scratch."""
+    return train_segmenter(cfg, seed, files, new_student(cfg, device), cfg["student_baseline"]["epochs"],
+                           history_path, device, resume)
 
 
 # ---------------------------------------------------------------- stage 3: joint training
@@ -412,7 +435,7 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
     opt_s, opt_t = make_optimizer(student.parameters(), cfg["train"]), make_optimizer(teacher.parameters(), cfg["train"])
     schedulers = [make_scheduler(opt_s, cfg["train"]), make_scheduler(opt_t, cfg["train"])]
     corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 1)
-    weight, pos_weight = stage_cfg["teacher_loss_weight"], cfg["train"]["pos_weight"]
+    weight = stage_cfg["teacher_loss_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
@@ -424,7 +447,7 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
             image, mask = batch["image"], batch["mask"]
             logits = student(image)
             prob = torch.sigmoid(logits)
-            bce = per_image_bce_with_logits(logits, mask, pos_weight)
+            bce = gt_bce(logits, batch, cfg)
             with frozen(teacher):
                 predicted = teacher(image, prob)
             loss_s = (bce + weight * predicted).mean()
@@ -433,11 +456,11 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
             loss_s.backward()
             opt_s.step()
 
-            target = per_image_bce(prob.detach(), mask)
+            target = per_image_bce(prob.detach(), mask, valid=batch["valid"])
             loss_t = F.mse_loss(teacher(image, prob.detach()), target)
             if corrupted is not None:
                 corrupted = corrupted.to(device)
-                loss_t = loss_t + F.mse_loss(teacher(image, corrupted), per_image_bce(corrupted, mask))
+                loss_t = loss_t + F.mse_loss(teacher(image, corrupted), per_image_bce(corrupted, mask, valid=batch["valid"]))
             check_finite(loss_t, "joint teacher loss")
             opt_t.zero_grad(set_to_none=True)
             loss_t.backward()
@@ -483,7 +506,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
-        tracker = MeanTracker()
+        tracker, seen = MeanTracker(), 0
         for batch in progress(loader.epoch(epoch), "expand", epoch):
             image = batch["image"].to(device, non_blocking=True)
             prob = torch.sigmoid(student(image))
@@ -493,11 +516,152 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
             loss.backward()
             optimizer.step()
             tracker.add(teacher_predicted=loss.item(), predicted_fraction=(prob > 0.5).float().mean().item())
-        return tracker.means()
+            seen += len(image)
+        return {**tracker.means(), "pool_images": seen}
 
     best = fit(stage_cfg["epochs"], train_epoch,
                lambda: student_validation(student, val_items, cfg, device)[0],
                {"student": student}, [scheduler], Selection("iou"), history_path, "expand",
                {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+    student.load_state_dict(best["student"])
+    return student
+
+
+# ---------------------------------------------------------------- distillation conditions
+
+def distill_from_soft_labels(cfg: dict, seed: int, files: DataFiles, soft: SoftLabelStore,
+                             history_path: str | Path, device: torch.device,
+                             resume: Checkpointing | None = None) -> nn.Module:
+    """A ViT student from scratch on hard and soft labels (ensemble distillation):
+    BCE(GT) + alpha * MSE(sigmoid(z / T), ensemble mean at T), over labelled pixels."""
+    stage_cfg = cfg["ensemble_distillation"]
+    alpha, temperature = stage_cfg["alpha"], stage_cfg["temperature"]
+    data = labelled_data(cfg, seed, files, device, soft=soft)
+    student = new_student(cfg, device)
+    optimizer = make_optimizer(student.parameters(), cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        tracker = MeanTracker()
+        for batch in progress(data.train.epoch(epoch), "ensemble_distilled", epoch):
+            batch = to_device(batch, device)
+            logits = student(batch["image"])
+            bce = gt_bce(logits, batch, cfg)
+            mse = per_image_mse(torch.sigmoid(logits / temperature), batch["soft"], valid=batch["valid"])
+            loss = (bce + alpha * mse).mean()
+            check_finite(loss, "ensemble distillation loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(loss=loss.item(), bce=bce.mean().item(), soft_mse=mse.mean().item())
+        return tracker.means()
+
+    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+               {"student": student}, [scheduler], Selection("iou"), history_path, "ensemble_distilled",
+               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+    student.load_state_dict(best["student"])
+    return student
+
+
+def pseudo_label_targets(pseudo: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels (p >= 0.5) and the map of confident pixels (max(p, 1-p) >= threshold)."""
+    return (pseudo >= 0.5).float(), (torch.maximum(pseudo, 1.0 - pseudo) >= threshold).float()
+
+
+def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Path, student: nn.Module,
+               history_path: str | Path, device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+    """Pseudo-label self-training: each step one labelled batch (BCE against the GT) and one
+    pool batch (BCE against the teacher's confident hard labels, pool_weight times).
+
+    An epoch is ``expand.images_per_epoch`` pool images for ``expand.epochs`` epochs, so the
+    student sees as many pool images as knowledge expansion does; the labelled crops repeat as needed.
+    """
+    stage_cfg = cfg["pseudo_label"]
+    size = cfg["input_size"]
+    if files.pool is None:
+        raise ValueError("self-training needs the pool store (DataFiles.pool)")
+    data = labelled_data(cfg, seed, files, device)
+    transform = train_augmentation(seed + 1, keys=("image", "pseudo")) if cfg["train"]["augment"] else None
+    pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform,
+                     pseudo=TileStore(pseudo_manifest, "pseudo"))
+    pool_loader = make_loader(pool, cfg, seed, device, limit=cfg["expand"]["images_per_epoch"])
+    student = student.to(device)
+    optimizer = make_optimizer(student.parameters(), cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+    threshold, weight = stage_cfg["threshold"], stage_cfg["pool_weight"]
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        tracker, seen = MeanTracker(), 0
+        labelled = cycle(data.train, epoch)
+        for pool_batch in progress(pool_loader.epoch(epoch), "pseudo_labelled", epoch):
+            batch = to_device(next(labelled), device)
+            pool_batch = to_device(pool_batch, device)
+            target, confident = pseudo_label_targets(pool_batch["pseudo"], threshold)
+            bce = gt_bce(student(batch["image"]), batch, cfg)
+            pool_bce = per_image_bce_with_logits(student(pool_batch["image"]), target, cfg["train"]["pos_weight"],
+                                                 valid=confident)
+            loss = bce.mean() + weight * pool_bce.mean()
+            check_finite(loss, "self-training loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(loss=loss.item(), bce=bce.mean().item(), pool_bce=pool_bce.mean().item(),
+                        confident_fraction=confident.mean().item(), pseudo_foreground=target.mean().item())
+            seen += len(pool_batch["image"])
+        return {**tracker.means(), "pool_images": seen}
+
+    best = fit(cfg["expand"]["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+               {"student": student}, [scheduler], Selection("iou"), history_path, "pseudo_labelled",
+               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+    student.load_state_dict(best["student"])
+    return student
+
+
+def feature_distill(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, history_path: str | Path,
+                    device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+    """A small ViT student (feature_distillation.student) from scratch:
+    BCE(GT) + feature_weight * MSE(projection(student map), teacher map)
+    + response_weight * BCE(student logits, sigmoid(teacher logits)), over labelled pixels."""
+    stage_cfg = cfg["feature_distillation"]
+    size = cfg["input_size"]
+    data = labelled_data(cfg, seed, files, device)
+    teacher = freeze(teacher.to(device))
+    student = build_student(stage_cfg["student"], size).to(device)
+    teacher_tap = FeatureTap(teacher, stage_cfg["teacher_layer"])
+    student_tap = FeatureTap(student, stage_cfg["student_layer"])
+    projection = FeatureProjection(feature_channels(student, student_tap, size),
+                                   feature_channels(teacher, teacher_tap, size)).to(device)
+    optimizer = make_optimizer([*student.parameters(), *projection.parameters()], cfg["train"])
+    scheduler = make_scheduler(optimizer, cfg["train"])
+    w_feature, w_response = stage_cfg["feature_weight"], stage_cfg["response_weight"]
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        student.train()
+        tracker = MeanTracker()
+        for batch in progress(data.train.epoch(epoch), "feature_distilled", epoch):
+            batch = to_device(batch, device)
+            with torch.no_grad():
+                teacher_prob = torch.sigmoid(teacher(batch["image"]))
+            teacher_map = teacher_tap.output
+            logits = student(batch["image"])
+            feature = F.mse_loss(projection(student_tap.output, teacher_map.shape[-2:]), teacher_map)
+            response = per_image_bce_with_logits(logits, teacher_prob, valid=batch["valid"]).mean()
+            bce = gt_bce(logits, batch, cfg).mean()
+            loss = bce + w_feature * feature + w_response * response
+            check_finite(loss, "feature distillation loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.add(loss=loss.item(), bce=bce.item(), feature_mse=feature.item(), response_bce=response.item())
+        return tracker.means()
+
+    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+               {"student": student, "projection": projection}, [scheduler], Selection("iou"), history_path,
+               "feature_distilled", {"optimizer": optimizer, "scheduler": scheduler}, resume,
+               CollapseGuard.from_config(cfg))
+    teacher_tap.remove()
+    student_tap.remove()
     student.load_state_dict(best["student"])
     return student

@@ -14,14 +14,43 @@ except ConfigError as error:
 
 
 SEEDS = [int(seed) for seed in config["seeds"]]
-STUDENT_CONDITIONS = ["baseline", "joint", "expanded"]
-TEACHER_STAGES = ["pretrained", "joint"]
+CONDITIONS = config["conditions"]
+SEGMENTERS = config["segmenters"]
+ENSEMBLE = config["ensemble_distillation"]
+PSEUDO = config["pseudo_label"]
+FEATURE = config["feature_distillation"]
+# Students the loss-predicting teachers are evaluated on (the expansion condition's rows).
+STUDENT_CONDITIONS = ["baseline", "joint", "expanded"] if "expansion" in CONDITIONS else ["baseline"]
+TEACHER_STAGES = ["pretrained", "joint"] if "expansion" in CONDITIONS else []
+# Every student row of the table, in the order of the conditions list.
+STUDENTS = ["baseline"]
+for _condition, _rows in (("expansion", ["joint", "expanded"]), ("ensemble_distillation", ["ensemble_distilled"]),
+                          ("pseudo_label", ["pseudo_labelled"]), ("feature_distillation", ["feature_distilled"])):
+    if _condition in CONDITIONS:
+        STUDENTS += _rows
+
+
+def networks_used():
+    """Names of the networks the listed conditions learn from: 'baseline', 'ensemble' or segmenters."""
+    used = []
+    if "ensemble_distillation" in CONDITIONS:
+        used += [*ENSEMBLE["members"], "ensemble"]
+    if "pseudo_label" in CONDITIONS:
+        used += ["ensemble", *ENSEMBLE["members"]] if PSEUDO["teacher"] == "ensemble" else [PSEUDO["teacher"]]
+    if "feature_distillation" in CONDITIONS:
+        used.append(FEATURE["teacher"])
+    return list(dict.fromkeys(used))
+
+
+# Reference rows: the segmenters and the ensemble that some condition uses (not the students).
+REFERENCES = [name for name in networks_used() if name != "baseline"]
+TRAINED_SEGMENTERS = [name for name in REFERENCES if name in SEGMENTERS]
 FIGURES = [
     "results/figures/metrics.png",
-    "results/figures/teacher_scatter.png",
+    "results/figures/speed_accuracy.png",
     "results/figures/training_curves.png",
     "results/figures/predictions.png",
-]
+] + (["results/figures/teacher_scatter.png"] if TEACHER_STAGES else [])
 # One conda env per rule family (envs/*.yaml, paths relative to the rule files).
 ENVS = {family: f"../../envs/{family}.yaml" for family in ("data", "train", "report")}
 LABELLED_STORE = "results/store/labelled.json"
@@ -30,7 +59,11 @@ STORE_SHARDS = {"labelled": config["store"]["labelled_shards"], "pool": config["
 # EMPIAR archives by name (the zip's file name without .zip): the labelled and the pool archive.
 EMPIAR = config["data"]["empiar"]
 ARCHIVES = {Path(EMPIAR[role]["file"]).stem: dict(EMPIAR[role], role=role) for role in ("labelled", "unlabelled")}
-HISTORY_STAGES = ["teacher_pretrained", "student_baseline", "joint", "student_expanded"]
+HISTORY_STAGES = (
+    (["teacher_pretrained"] if TEACHER_STAGES else [])
+    + [f"segmenter_{name}" for name in TRAINED_SEGMENTERS]
+    + [{"joint": "joint"}.get(student, f"student_{student}") for student in STUDENTS]
+)
 
 
 wildcard_constraints:
@@ -38,8 +71,10 @@ wildcard_constraints:
     shard=r"\d{5}",
     store_set="labelled|pool",
     archive="|".join(re.escape(name) for name in ARCHIVES),
-    condition="|".join(STUDENT_CONDITIONS),
-    stage="|".join(TEACHER_STAGES),
+    role="student|reference",
+    condition="|".join([*STUDENTS, *REFERENCES]),
+    segmenter="|".join(SEGMENTERS) or "(?!)",
+    stage="|".join(TEACHER_STAGES) or "(?!)",
 
 
 def job_resources(kind):
@@ -47,10 +82,10 @@ def job_resources(kind):
     return {k: v for k, v in config["resources"][kind].items() if k not in ("threads", "retries")}
 
 
-def training_state(rule):
+def training_state(rule, job="{seed}"):
     """Where a training rule keeps its resumable state (outside its outputs, which
     Snakemake deletes when a job fails)."""
-    return f"results/state/{rule}/{{seed}}.pt"
+    return f"results/state/{rule}/{job}.pt"
 
 
 def data_dirs():
@@ -100,6 +135,31 @@ def student_model(condition, seed):
     return f"results/models/student_{condition}_{seed}.pth"
 
 
+def network_model(name, seed="{seed}"):
+    """The checkpoint of a network named in the config: 'baseline' (the baseline student),
+    'ensemble' or a segmenter."""
+    return student_model("baseline", seed) if name == "baseline" else f"results/models/reference_{name}_{seed}.pth"
+
+
+def evaluated_model(wildcards):
+    """The checkpoint that evaluate_model evaluates, plus, for the feature-distilled student,
+    its teacher (agreement with the teacher is part of that condition's result)."""
+    inputs = {"model": f"results/models/{wildcards.role}_{wildcards.condition}_{wildcards.seed}.pth"}
+    if wildcards.role == "student" and wildcards.condition == "feature_distilled":
+        inputs["agreement"] = network_model(FEATURE["teacher"], wildcards.seed)
+    return inputs
+
+
+def member_seed(wildcards):
+    """Each segmenter trains with its own seed: 1000 * seed + its position in 'segmenters'."""
+    return 1000 * int(wildcards.seed) + 1 + list(SEGMENTERS).index(wildcards.segmenter)
+
+
+def pseudo_label_shards(wildcards):
+    return [f"results/pseudo/{wildcards.seed}/shard-{k:05d}.npy" for k in range(STORE_SHARDS["pool"])]
+
+
 def training_params(*sections):
     """Config sections a training stage depends on; as rule params, changing them reruns it."""
-    return {section: config[section] for section in ("input_size", "train", "loader", *sections)}
+    params = {section: config[section] for section in ("input_size", "train", "loader", *sections)}
+    return {**params, "ignore_label": config["data"]["ignore_label"]}

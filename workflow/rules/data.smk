@@ -69,6 +69,7 @@ rule index_data:
     params:
         **data_dirs(),
         max_excluded_fraction=config["data"]["max_excluded_fraction"],
+        ignore_label=config["data"]["ignore_label"],
         report="results/logs/index_data.excluded.csv",
     log:
         "results/logs/index_data.log",
@@ -132,6 +133,7 @@ rule store_manifest:
     output:
         "results/store/{store_set}.json",
     params:
+        store_set=lambda wildcards: wildcards.store_set,
         tile=config["store"]["pool_tile"],
     log:
         "results/logs/store_manifest/{store_set}.log",

@@ -1,25 +1,30 @@
-rule evaluate_student:
+# Every segmentation network, students and references alike, goes through evaluate_model:
+# the same metrics on the same test images, one long-format CSV each.
+
+
+rule evaluate_model:
     input:
+        unpack(evaluated_model),
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
-        model="results/models/student_{condition}_{seed}.pth",
     output:
-        metrics="results/eval/student_{condition}_{seed}.csv",
-        per_image="results/eval/student_{condition}_{seed}_per_image.csv",
-        panel="results/eval/student_{condition}_{seed}_panel.npz",
+        metrics="results/eval/{role}_{condition}_{seed}.csv",
+        per_image="results/eval/{role}_{condition}_{seed}_per_image.csv",
+        panel="results/eval/{role}_{condition}_{seed}_panel.npz",
     params:
         evaluate=config["evaluate"],
+        ignore_label=config["data"]["ignore_label"],
     log:
-        "results/logs/evaluate_student/{condition}_{seed}.log",
+        "results/logs/evaluate_model/{role}_{condition}_{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate_student/{condition}_{seed}.tsv"
+        "results/benchmarks/evaluate_model/{role}_{condition}_{seed}.tsv"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),
     conda:
         ENVS["train"]
     script:
-        "../scripts/evaluate_student.py"
+        "../scripts/evaluate_model.py"
 
 
 rule evaluate_teacher:
@@ -34,6 +39,7 @@ rule evaluate_teacher:
     params:
         conditions=STUDENT_CONDITIONS,
         evaluate=config["evaluate"],
+        ignore_label=config["data"]["ignore_label"],
     log:
         "results/logs/evaluate_teacher/{stage}_{seed}.log",
     benchmark:

@@ -1,9 +1,16 @@
 STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce"]
+EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
+    f"results/eval/reference_{c}_{{seed}}.csv" for c in REFERENCES
+]
+# The prediction panel: every student and the ensemble (the other references are its members).
+PANEL = [f"results/eval/student_{c}_{SEEDS[0]}_panel.npz" for c in STUDENTS] + (
+    [f"results/eval/reference_ensemble_{SEEDS[0]}_panel.npz"] if "ensemble" in REFERENCES else []
+)
 
 
 rule aggregate:
     input:
-        students=expand("results/eval/student_{condition}_{seed}.csv", condition=STUDENT_CONDITIONS, seed=SEEDS),
+        students=expand(EVALUATIONS, seed=SEEDS),
         teachers=expand("results/eval/teacher_{stage}_{seed}.csv", stage=TEACHER_STAGES, seed=SEEDS),
     output:
         long="results/tables/metrics_long.csv",
@@ -40,6 +47,24 @@ rule plot_metrics:
         ENVS["report"]
     script:
         "../scripts/plot_metrics.py"
+
+
+rule plot_speed_accuracy:
+    input:
+        "results/tables/metrics_long.csv",
+    output:
+        report("results/figures/speed_accuracy.png", caption="../report/speed_accuracy.rst", category="Figures"),
+    log:
+        "results/logs/plot_speed_accuracy.log",
+    benchmark:
+        "results/benchmarks/plot_speed_accuracy.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENVS["report"]
+    script:
+        "../scripts/plot_speed_accuracy.py"
 
 
 rule plot_teacher_scatter:
@@ -83,11 +108,11 @@ rule plot_training_curves:
 
 rule plot_predictions:
     input:
-        expand("results/eval/student_{condition}_{seed}_panel.npz", condition=STUDENT_CONDITIONS, seed=SEEDS[0]),
+        PANEL,
     output:
         report("results/figures/predictions.png", caption="../report/predictions.rst", category="Figures"),
     params:
-        conditions=STUDENT_CONDITIONS,
+        conditions=[*STUDENTS, *(["ensemble"] if "ensemble" in REFERENCES else [])],
         max_images=config["evaluate"]["panel_images"],
     log:
         "results/logs/plot_predictions.log",

@@ -1,6 +1,6 @@
 """Evaluate one teacher: its predicted vs the true per-tile BCE of the same seed's students on the test split."""
 
-from jobsetup import start_torch_job
+from jobsetup import start_torch_job, data_files
 
 seed = int(snakemake.wildcards.seed)
 stage = snakemake.wildcards.stage
@@ -11,11 +11,10 @@ import pandas as pd
 from emkt.checkpoints import load_model
 from emkt.evaluate import predict_probability, summarise_teacher, teacher_predictions
 from emkt.files import atomic_path
-from emkt.train import DataFiles
 
 teacher, checkpoint = load_model(snakemake.input.teacher, expected_kind="teacher")
 teacher = teacher.to(device)
-items = DataFiles(snakemake.input.split, snakemake.input.labelled).split_items("test")
+items = data_files(snakemake, config).split_items("test")
 ev = config["evaluate"]
 frames = []
 for condition, path in zip(snakemake.params.conditions, snakemake.input.students):

@@ -11,7 +11,7 @@ from emkt.indexing import build_index, check_exclusions
 
 params = snakemake.params
 index, excluded = build_index(params.labelled_dir, params.unlabelled_dir, processes=snakemake.threads,
-                              ignore_label=config["data"]["ignore_label"])
+                              ignore_label=snakemake.params.ignore_label)
 # Kept outside the rule's outputs, which Snakemake deletes when the rule fails.
 with atomic_path(params.report) as tmp:
     excluded.to_csv(tmp, index=False)

@@ -8,7 +8,7 @@ import logging
 
 from emkt.store import write_manifest
 
-store_set = snakemake.wildcards.store_set
+store_set = snakemake.params.store_set
 manifest = write_manifest(store_set, list(snakemake.input), snakemake.output[0],
-                          tile=snakemake.params.tile if store_set == "pool" else None)
+                          tile=None if store_set == "labelled" else snakemake.params.tile)
 logging.info("%s store: %d images in %d shards", store_set, manifest["images"], len(manifest["shards"]))
