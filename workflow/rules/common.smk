@@ -155,6 +155,11 @@ def member_seed(wildcards):
     return 1000 * int(wildcards.seed) + 1 + list(SEGMENTERS).index(wildcards.segmenter)
 
 
+def pseudo_label_output(path):
+    """Pseudo-label shards are as large as the pool: temporary unless pseudo_label.keep_shards."""
+    return path if PSEUDO["keep_shards"] else temp(path)
+
+
 def pseudo_label_shards(wildcards):
     return [f"results/pseudo/{wildcards.seed}/shard-{k:05d}.npy" for k in range(STORE_SHARDS["pool"])]
 

@@ -86,7 +86,7 @@ rule pseudo_label_shard:
         shard="results/store/pool/shard-{shard}.npy",
         teacher=network_model(PSEUDO["teacher"]),
     output:
-        "results/pseudo/{seed}/shard-{shard}.npy",
+        pseudo_label_output("results/pseudo/{seed}/shard-{shard}.npy"),
     params:
         evaluate=config["evaluate"],
     log:
