@@ -129,6 +129,8 @@ rule train_pseudo_labelled:
         labelled=LABELLED_STORE,
         pool=POOL_STORE,
         pseudo="results/pseudo/{seed}.json",
+        # The shards too, not only their manifest: temporary shards must outlive this job.
+        shards=pseudo_label_shards,
         init=[student_model("baseline", "{seed}")] if PSEUDO["init"] == "baseline" else [],
     output:
         model="results/models/student_pseudo_labelled_{seed}.pth",
