@@ -7,29 +7,23 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 from .losses import per_image_bce
 from .metrics import SegmentationMeter, teacher_agreement
+from .predict import sliding_window
 from .store import edge_flush_starts
 
 
-@torch.no_grad()
 def predict_probability(model: nn.Module, image: np.ndarray, input_size: int, overlap: float,
                         batch_size: int, device: torch.device) -> np.ndarray:
     """Foreground probability of a whole 2D image of any size.
 
-    Gaussian-weighted sliding windows of the training input size; images smaller than a
-    window are padded (with 0, the mean of a z-scored image) and cropped back.
+    Gaussian-weighted sliding windows of the training input size (emkt.predict.sliding_window);
+    images smaller than a window are padded (with 0, the mean of a z-scored image) and cropped back.
     """
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    logits = sliding_window_inference(
-        x, roi_size=(input_size, input_size), sw_batch_size=batch_size, predictor=model,
-        overlap=overlap, mode="gaussian",
-    )
-    return torch.sigmoid(logits)[0, 0].cpu().numpy()
+    return torch.sigmoid(sliding_window(model, image[None], input_size, overlap, batch_size, device))[0, 0].numpy()
 
 
 def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .data import normalise_image
 from .files import atomic_path
 from .models import EnsembleSegmenter
-from .store import StoreError, _npy_layout
+from .store import MEAN_SCALE, StoreError, _npy_layout, quantise_probability
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def write_pseudo_labels(model: nn.Module, pool_shard: str | Path, out_path: str 
             if tiles.size != n * tile * tile:
                 raise StoreError(f"{pool_shard}: short read at tile {start} (truncated shard?)")
             probs = predict_tiles(model, tiles.reshape(n, tile, tile), input_size, overlap, batch_size, device)
-            out.write(np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8).tobytes())
+            out.write(quantise_probability(probs, MEAN_SCALE).tobytes())
     return count
 
 
