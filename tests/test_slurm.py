@@ -32,8 +32,9 @@ pytestmark = pytest.mark.workflow
 
 SLURM_SCRIPTS = REPO.parent / "shared" / "slurm"
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
-GPU_RULES = TRAINING_RULES | {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill",
-                              "evaluate_model", "evaluate_teacher", "ensemble_soft_labels", "pseudo_label_shard"}
+DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill"}
+GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_model", "evaluate_teacher", "ensemble_soft_labels",
+                                                       "pseudo_label_shard"}
 # Inference speed and memory are measured, not computed: they differ between any two runs.
 MEASURED = {"images_per_s", "peak_memory_mb"}
 # The tiny demo DAG with both seeds (32 SLURM jobs): ~3 min 15 s through SLURM alone on the
@@ -110,12 +111,8 @@ def cluster_profile(tmp_path: Path) -> Path:
     """The repository's slurm/config.yaml, adjusted for a CPU-only node without conda."""
     profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    assert set(profile["set-resources"]) == GPU_RULES
+    assert "set-resources" not in profile  # GPU counts come from the config (the test config asks for none)
     profile.pop("software-deployment-method")
-    for resources in profile["set-resources"].values():
-        resources.pop("gpu_model", None)
-        resources.pop("slurm_partition", None)
-        resources["gpu"] = 0  # the node has no GPU; a gpu=1 job would never be scheduled
     profile["default-resources"]["slurm_partition"] = partition()
     account = user_account()
     if account:  # as a user would set it; the plugin checks it with sacctmgr
@@ -213,31 +210,56 @@ def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
         assert not different, f"{name}: tensors differ between the SLURM and the local run: {different}"
 
 
-def test_profile_requests_gpus_for_training_and_evaluation_only(tmp_path):
-    """The repository's profile as Snakemake resolves it (dry run, no cluster needed): the
-    GPU rules ask for one GPU, every other rule for none, memory and time come from the
-    config. The profile's gpu wins over the config's (demo.yaml says gpu: 0)."""
+def resolved_resources(tmp_path: Path, overrides: dict) -> dict[str, dict[str, str]]:
+    """Every rule's resources as Snakemake resolves them with the repository's profile and
+    demo.yaml plus ``overrides`` (a dry run, no cluster needed)."""
     profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
     profile.pop("software-deployment-method")  # a dry run with conda needs conda installed
     folder = tmp_path / "profile"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump(overrides))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(REPO / "config.yaml"), str(REPO / "demo.yaml"), "--profile", str(folder), "-n"],
+         "--configfile", str(REPO / "config.yaml"), str(REPO / "demo.yaml"), str(override),
+         "--profile", str(folder), "-n"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     resources = {}
     for rule, line in re.findall(r"^(?:local)?rule (\w+):\n(?:\s+.*\n)*?\s+resources: (.*)$",
                                  result.stdout + result.stderr, re.M):
         resources[rule] = dict(item.split("=", 1) for item in line.split(", "))
-    demo = yaml.safe_load((REPO / "demo.yaml").read_text())["resources"]
     assert GPU_RULES < set(resources) and len(resources) > len(GPU_RULES) + 5
+    return resources
+
+
+def test_profile_requests_gpus_per_process_for_training_and_one_for_inference(tmp_path):
+    """With one GPU per process and 2 processes on one node (torchrun), training jobs ask for
+    2 GPUs in one task, inference jobs for 1, every other rule for none; memory and time
+    come from the config."""
+    gpus = {kind: {"gpu": 1} for kind in ("train", "evaluate")}
+    resources = resolved_resources(tmp_path, {"resources": gpus, "distributed": {"processes": 2}})
+    demo = yaml.safe_load((REPO / "demo.yaml").read_text())["resources"]
     for rule, values in resources.items():
-        assert values.get("gpu", "0") == ("1" if rule in GPU_RULES else "0"), (rule, values)
-        assert "gpu_model" not in values and "gres" not in values
+        expected = "2" if rule in TRAINING_RULES | DISTILL_TRAINING_RULES else "1" if rule in GPU_RULES else "0"
+        assert values.get("gpu", "0") == expected, (rule, values)
+        assert "gres" not in values and "mpi" not in values and "nodes" not in values, (rule, values)
     assert resources["joint_train"]["mem_mb"] == str(demo["train"]["mem_mb"])
     assert resources["evaluate_model"]["runtime"] == str(demo["evaluate"]["runtime"])
+
+
+def test_profile_requests_one_task_per_gpu_on_several_nodes(tmp_path):
+    """2 nodes x 2 processes: training jobs become 4 SLURM tasks on 2 nodes with 2 GPUs per
+    node, launched by the job itself (mpi), which the plugin turns into sbatch options."""
+    gpus = {kind: {"gpu": 1} for kind in ("train", "evaluate")}
+    resources = resolved_resources(tmp_path, {"resources": gpus, "distributed": {"processes": 2, "nodes": 2}})
+    for rule in TRAINING_RULES | DISTILL_TRAINING_RULES:
+        values = resources[rule]
+        assert (values["nodes"], values["tasks"], values["gres"], values["tasks_per_gpu"], values["mpi"]) == \
+            ("2", "4", "gpu:2", "1", "srun"), (rule, values)
+        assert "gpu" not in values
+    assert resources["evaluate_model"]["gpu"] == "1" and "nodes" not in resources["evaluate_model"]
 
 
 @pytest.mark.slurm

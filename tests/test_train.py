@@ -56,14 +56,17 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
 
 
 def test_epoch_sampler_subsets_and_reshuffles():
-    sampler = EpochSampler(10, seed=3, limit=4)
+    sampler = EpochSampler(10, seed=3, global_batch=2, limit=4)
     first = list(sampler)
     assert len(first) == 4 and len(set(first)) == 4
     sampler.set_epoch(1)
     assert list(sampler) != first
     sampler.set_epoch(0)
     assert list(sampler) == first
-    assert len(EpochSampler(5, 0, limit=None)) == 5
+    assert len(EpochSampler(5, 0, global_batch=1, limit=None)) == 5
+    # the incomplete last batch is dropped; fewer items than one batch make one short batch
+    assert len(list(EpochSampler(7, 0, global_batch=3))) == len(EpochSampler(7, 0, global_batch=3)) == 6
+    assert len(list(EpochSampler(2, 0, global_batch=3))) == len(EpochSampler(2, 0, global_batch=3)) == 2
 
 
 def test_non_finite_loss_stops_training():

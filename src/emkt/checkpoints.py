@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from . import __version__
 from .models import EnsembleSegmenter, build_segmenter, build_student, build_teacher
 from .files import atomic_path
@@ -23,9 +24,13 @@ NORMALISATION = "per-image z-score of the grey values"
 
 def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_size: int,
                extra: dict[str, Any] | None = None) -> None:
-    """Write ``{state_dict, kind, arch, input_size, ...}`` atomically (temp file, then rename)."""
+    """Write ``{state_dict, kind, arch, input_size, ...}`` atomically (temp file, then rename).
+
+    In a data-parallel job only rank 0 writes (the ranks hold the same weights)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not distributed.current().main:
+        return
     payload = {
         "format_version": FORMAT_VERSION,
         "emkt_version": __version__,

@@ -89,7 +89,17 @@ def _semantic_problems(config: dict) -> list[str]:
                         f"'input_size' = {size} (expansion crops input_size windows from pool tiles)")
     if len(set(config["seeds"])) != len(config["seeds"]):
         problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
-    return problems + _condition_problems(config)
+    return problems + _condition_problems(config) + _distributed_problems(config)
+
+
+def _distributed_problems(config: dict) -> list[str]:
+    settings = config["distributed"]
+    world = settings["processes"] * settings["nodes"]
+    problems = []
+    if config["train"]["batch_size"] % world:
+        problems.append(f"config key 'train.batch_size' = {config['train']['batch_size']} must be divisible by "
+                        f"'distributed.processes' x 'distributed.nodes' = {world} (it is the global batch)")
+    return problems
 
 
 def _vit_problems(key: str, student: dict, size: int) -> list[str]:

@@ -30,6 +30,15 @@ def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, ove
                        batch_size: int, device: torch.device, threshold: float = 0.5,
                        num_bins: int = 15) -> tuple[dict[str, float], pd.DataFrame, list[np.ndarray]]:
     """Pooled metrics, per-image metrics and the probability maps of ``items`` (whole images)."""
+    meter, probs = score_segmenter(model, items, input_size, overlap, batch_size, device, threshold, num_bins)
+    return meter.compute(), meter.per_image(), probs
+
+
+def score_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,
+                    batch_size: int, device: torch.device, threshold: float = 0.5,
+                    num_bins: int = 15) -> tuple[SegmentationMeter, list[np.ndarray]]:
+    """A meter that has seen ``items`` (whole images) and their probability maps; meters of
+    several processes' shares merge into the metrics of all (SegmentationMeter.merge)."""
     meter = SegmentationMeter(threshold=threshold, num_bins=num_bins)
     probs = []
     for item in items:
@@ -38,7 +47,7 @@ def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, ove
         meter.update(torch.from_numpy(prob)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
                      names=[item["name"]], valid=None if valid is None else torch.from_numpy(valid)[None, None])
         probs.append(prob)
-    return meter.compute(), meter.per_image(), probs
+    return meter, probs
 
 
 def tiles(arrays: list[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:

@@ -37,7 +37,7 @@ def per_image_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = PROB_EP
     quantity the teacher predicts, for corrupted masks and student outputs alike. ``valid``:
     see the module docstring.
     """
-    p = prob.clamp(eps, 1.0 - eps)
+    p = prob.float().clamp(eps, 1.0 - eps)  # float32 also under autocast: log of bf16 is coarse
     pixel = -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
     return _per_image_mean(pixel, valid)
 
@@ -51,6 +51,7 @@ def per_image_bce_with_logits(
     a few percent of the image and a plain BCE first learns to predict all background.
     ``valid``: see the module docstring.
     """
+    logits = logits.float()  # a loss in float32 also when the forward pass ran under autocast
     weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
     pixel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
     return _per_image_mean(pixel, valid)
@@ -59,4 +60,4 @@ def per_image_bce_with_logits(
 def per_image_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error per image, shape ``(B,)``, e.g. of student probabilities against
     soft labels (distillation). ``valid``: see the module docstring."""
-    return _per_image_mean(F.mse_loss(pred, target, reduction="none"), valid)
+    return _per_image_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), valid)

@@ -153,6 +153,18 @@ class SegmentationMeter:
         sum_gt = np.nan_to_num(mean_gt[:, 0, :].double().numpy()) * n
         return cm, sum_p, sum_gt, n
 
+    def merge(self, other: SegmentationMeter) -> SegmentationMeter:
+        """Add what ``other`` (same threshold and bins) has seen, e.g. another process's
+        share of the images: pooled counts add up exactly, per-image rows follow. Returns self."""
+        if (other.threshold, other.num_bins) != (self.threshold, self.num_bins):
+            raise ValueError("cannot merge meters with different thresholds or bins")
+        self._counts += other._counts
+        self._bin_p += other._bin_p
+        self._bin_gt += other._bin_gt
+        self._bin_n += other._bin_n
+        self._rows.extend(other._rows)
+        return self
+
     def compute(self) -> dict[str, float]:
         """Metrics pooled over all pixels seen: iou, dice, accuracy, precision, recall, ece, mce."""
         if not self._rows:

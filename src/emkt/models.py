@@ -38,6 +38,11 @@ class ViTSegmenter(nn.Module):
             dropout_rate=dropout_rate,
             spatial_dims=2,
         )
+        # MONAI's transformer blocks hold a cross-attention LayerNorm even without cross
+        # attention; it never gets a gradient, and DistributedDataParallel would wait for one.
+        for block in self.net.blocks:
+            if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
+                block.norm_cross_attn.requires_grad_(False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)[0]

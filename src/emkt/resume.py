@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .distributed import current
 from .files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -102,5 +103,6 @@ class Checkpointing:
         return state
 
     def clear(self) -> None:
-        """Remove the state once the stage's outputs are written."""
-        self.path.unlink(missing_ok=True)
+        """Remove the state once the stage's outputs are written (by rank 0, which wrote them)."""
+        if current().main:
+            self.path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ what one step and one validation are.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import time
@@ -27,8 +28,11 @@ from tqdm import tqdm
 from .augment import MaskCorruptor, train_augmentation
 from .data import load_whole_images, random_crop, read_split
 from .datasets import LabelledCrops, PoolCrops
-from .evaluate import evaluate_segmenter, summarise_teacher, teacher_predictions
+from .acceleration import Runtime
+from .distributed import ProcessGroup, current, gather, global_batch_slices, local_batch_size, mean_over_ranks, shard
+from .evaluate import score_segmenter, summarise_teacher, teacher_predictions
 from .losses import per_image_bce, per_image_bce_with_logits, per_image_mse
+from .metrics import SegmentationMeter
 from .models import FeatureProjection, FeatureTap, build_student, build_teacher, feature_channels, freeze
 from .resume import Checkpointing
 from .store import LabelledStore, SoftLabelStore, TileStore
@@ -40,26 +44,35 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- building blocks
 
 class EpochSampler(Sampler[int]):
-    """A permutation drawn from (seed, epoch), optionally a subset of ``limit`` indices.
+    """This process's part of a permutation drawn from (seed, epoch), optionally of the first
+    ``limit`` indices, cut into whole global batches (emkt.distributed.global_batch_slices).
 
     Per-epoch seeding makes the order independent of how many epochs ran before in this
-    process, which a resumed job needs.
+    process, which a resumed job needs; every rank draws the same permutation, so the global
+    batches do not depend on the number of processes.
     """
 
-    def __init__(self, size: int, seed: int, limit: int | None = None) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, global_batch: int, limit: int | None = None,
+                 group: ProcessGroup | None = None) -> None:
+        self.size, self.seed, self.epoch, self.global_batch = size, seed, 0, global_batch
         self.limit = size if limit is None else min(limit, size)
+        self.group = group or ProcessGroup()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size)
-        # A generator, not a list: a Python int per pool image would be ~60 MB at 1.6 M.
-        return (int(i) for i in order[: self.limit])
+        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size)[: self.limit]
+        if self.group.world == 1 and len(order) >= self.global_batch:
+            # one process: a view and a generator, not a list (a Python int per pool image
+            # would be ~60 MB at 1.6 M); the incomplete last batch is dropped
+            return (int(i) for i in order[: len(order) // self.global_batch * self.global_batch])
+        return iter(global_batch_slices(order.tolist(), self.global_batch, self.group))
 
     def __len__(self) -> int:
-        return self.limit
+        if self.limit >= self.global_batch:
+            return self.limit // self.global_batch * self.global_batch // self.group.world
+        return self.limit if self.group.world == 1 else self.global_batch // self.group.world
 
 
 @dataclass
@@ -76,16 +89,21 @@ class Loader:
         return self.loader
 
 
-def make_loader(dataset: Dataset, cfg: dict, seed: int, device: torch.device,
-                limit: int | None = None) -> Loader:
-    sampler = EpochSampler(len(dataset), seed, limit)
-    workers = cfg["loader"]["num_workers"]
-    batch_size = cfg["train"]["batch_size"]
-    # A last batch of one image breaks BatchNorm (the teacher's); drop the incomplete
-    # last batch whenever there is at least one full batch (the sampler reshuffles each epoch).
+def make_loader(dataset: Dataset, cfg: dict, seed: int, runtime: Runtime, limit: int | None = None) -> Loader:
+    """Batches of ``dataset`` for this process: train.batch_size images per step over all
+    processes, with the config's worker, pinning and prefetch settings (section 'loader')."""
+    group = runtime.group
+    global_batch = cfg["train"]["batch_size"]
+    sampler = EpochSampler(len(dataset), seed, global_batch, limit, group)
+    settings = cfg["loader"]
+    workers = settings["num_workers"]
+    pin = runtime.pin_memory if settings["pin_memory"] == "auto" else settings["pin_memory"]
+    # The sampler already drops the incomplete last global batch (a last batch of one image
+    # breaks the teacher's BatchNorm); a dataset smaller than one batch gives one short batch.
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        dataset, batch_size=local_batch_size(global_batch, group.world), sampler=sampler, drop_last=False,
+        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0 and settings["persistent_workers"],
+        prefetch_factor=settings["prefetch_factor"] if workers > 0 else None,
     )
     return Loader(dataset, sampler, loader)
 
@@ -117,10 +135,6 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
         for parameter, flag in zip(module.parameters(), flags):
             parameter.requires_grad_(flag)
         module.train(was_training)
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def check_finite(value: torch.Tensor, what: str) -> None:
@@ -194,7 +208,7 @@ class CollapseGuard:
 def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
         models: dict[str, nn.Module], schedulers: list, selection: Selection, history_path: str | Path,
         stage: str, stateful: dict[str, Any] | None = None, resume: Checkpointing | None = None,
-        guard: CollapseGuard | None = None) -> dict[str, dict]:
+        guard: CollapseGuard | None = None, group: ProcessGroup | None = None) -> dict[str, dict]:
     """Run ``epochs`` epochs; return the state dicts of ``models`` at the best epoch.
 
     After every epoch a row (train means, validation values, learning rate, seconds) is
@@ -202,7 +216,13 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
     with ``resume``, the whole training state is saved so a killed job continues from there.
     ``stateful`` names what the state must hold besides the models (optimisers, schedulers,
     the corruptor). ``guard`` stops a collapsing run with TrainingCollapsed.
+
+    With several processes (``group``), the train values are averaged over ranks (counts
+    named ``*_images`` are summed), ``validate`` must return values already merged over
+    ranks, and only rank 0 writes the CSV and the state; every rank resumes from it, whatever
+    the number of processes that wrote it.
     """
+    group = group or ProcessGroup()
     stateful = {**{f"model:{k}": m for k, m in models.items()}, **(stateful or {})}
     rows: list[dict] = []
     best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
@@ -213,7 +233,7 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
     for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
-        train_values = train_epoch(epoch)
+        train_values = reduce_train_values(train_epoch(epoch), group)
         for scheduler in schedulers:
             scheduler.step()
         val_values = validate()
@@ -221,28 +241,35 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
                **{f"val_{k}": v for k, v in val_values.items()}, "lr": lr,
                "seconds": time.perf_counter() - start}
         rows.append(row)
-        with atomic_path(history_path) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        if group.main:
+            with atomic_path(history_path) as tmp:
+                pd.DataFrame(rows).to_csv(tmp, index=False)
         value = val_values[selection.key]
         if selection.improves(value):
             selection.best, selection.epoch = value, epoch
             best_states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
         log.info("%s epoch %d/%d: %s", stage, epoch, epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-        if resume is not None:
+        if resume is not None and group.main:
             resume.save(epoch, rows, (selection.best, selection.epoch), best_states, stateful)
         if guard is not None:
             guard.check(rows, stage)
-    if first > epochs:  # resumed after the last epoch: the history file may have been removed
+    if first > epochs and group.main:  # resumed after the last epoch: the history file may have been removed
         with atomic_path(history_path) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
     log.info("%s: kept epoch %d (val %s = %.4g)", stage, selection.epoch, selection.key, selection.best)
     return best_states
 
 
+def reduce_train_values(values: dict[str, float], group: ProcessGroup) -> dict[str, float]:
+    """Epoch means averaged over ranks; image counts (keys ending in '_images') summed."""
+    reduced = mean_over_ranks(values, group)
+    return {key: value * group.world if key.endswith("_images") else value for key, value in reduced.items()}
+
+
 def progress(iterable, stage: str, epoch: int):
-    """tqdm over the batches of one epoch, into the job's log (stderr)."""
-    return tqdm(iterable, desc=f"{stage} epoch {epoch}", mininterval=10, leave=False)
+    """tqdm over the batches of one epoch, into the job's log (stderr); rank 0 only."""
+    return tqdm(iterable, desc=f"{stage} epoch {epoch}", mininterval=10, leave=False, disable=not current().main)
 
 
 # ---------------------------------------------------------------- shared pieces of the stages
@@ -270,7 +297,7 @@ class StageData:
     val_items: list[dict]
 
 
-def labelled_data(cfg: dict, seed: int, files: DataFiles, device: torch.device,
+def labelled_data(cfg: dict, seed: int, files: DataFiles, runtime: Runtime,
                   soft: SoftLabelStore | None = None) -> StageData:
     """Training crops {"image", "mask", "valid"} (and "soft" with soft labels) and whole validation images."""
     keys = ("image", "mask", "valid", "soft") if soft is not None else ("image", "mask", "valid")
@@ -278,7 +305,7 @@ def labelled_data(cfg: dict, seed: int, files: DataFiles, device: torch.device,
     crops = LabelledCrops(LabelledStore(files.labelled), read_split(files.split, "train")["id"], cfg["input_size"],
                           seed, crops_per_image=cfg["loader"]["crops_per_image"], transform=transform,
                           ignore_label=files.ignore_label, soft=soft)
-    return StageData(make_loader(crops, cfg, seed, device), files.split_items("val"))
+    return StageData(make_loader(crops, cfg, seed, runtime), files.split_items("val"))
 
 
 def cycle(loader: Loader, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -289,21 +316,25 @@ def cycle(loader: Loader, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
 
 
 def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
-                       device: torch.device) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Validation IoU/Dice on whole validation images, plus the probability maps."""
+                       runtime: Runtime) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Validation IoU/Dice on whole validation images, plus this rank's probability maps
+    (of ``shard(val_items, runtime.group)``). Each rank scores its share; the pooled counts
+    are merged, so the values are those of one process scoring every image."""
     ev = cfg["evaluate"]
-    metrics, _, probs = evaluate_segmenter(student, val_items, cfg["input_size"], ev["overlap"],
-                                           ev["batch_size"], device, ev["threshold"], ev["calibration_bins"])
+    meter, probs = score_segmenter(student, shard(val_items, runtime.group), cfg["input_size"], ev["overlap"],
+                                   ev["batch_size"], runtime.device, ev["threshold"], ev["calibration_bins"])
+    meters = gather(meter, runtime.group)
+    metrics = functools.reduce(SegmentationMeter.merge, meters[1:], meters[0]).compute()
     student.train()
     return {"iou": metrics["iou"], "dice": metrics["dice"]}, probs
 
 
-def new_student(cfg: dict, device: torch.device) -> nn.Module:
-    return build_student(cfg["student"], cfg["input_size"]).to(device)
+def new_student(cfg: dict) -> nn.Module:
+    return build_student(cfg["student"], cfg["input_size"])
 
 
-def new_teacher(cfg: dict, device: torch.device) -> nn.Module:
-    return build_teacher(cfg["teacher"], cfg["input_size"]).to(device)
+def new_teacher(cfg: dict) -> nn.Module:
+    return build_teacher(cfg["teacher"], cfg["input_size"])
 
 
 # ---------------------------------------------------------------- stage 1: teacher pretraining
@@ -327,26 +358,34 @@ def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, c
 
 @torch.no_grad()
 def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], batch_size: int,
-                       device: torch.device) -> dict[str, float]:
+                       runtime: Runtime) -> dict[str, float]:
+    """MSE, MAE and Spearman of the teacher on the fixed corrupted set; each rank predicts
+    its share (every world-th crop) and the predictions are gathered."""
     teacher.eval()
+    group, device = runtime.group, runtime.device
+    mine = {key: value[group.rank::group.world] for key, value in val_set.items()}
     predicted = torch.cat([
-        teacher(val_set["image"][i:i + batch_size].to(device), val_set["corrupted"][i:i + batch_size].to(device)).cpu()
-        for i in range(0, len(val_set["image"]), batch_size)
-    ])
+        teacher(mine["image"][i:i + batch_size].to(device), mine["corrupted"][i:i + batch_size].to(device)).cpu()
+        for i in range(0, len(mine["image"]), batch_size)
+    ] or [torch.zeros(0)])
     teacher.train()
-    agreement = summarise_teacher(pd.DataFrame({"predicted": predicted.numpy(), "true": val_set["target"].numpy()}))
-    return {"mse": float(F.mse_loss(predicted, val_set["target"])), "mae": agreement["mae"],
+    pairs = gather((predicted, mine["target"]), group)
+    predicted, target = (torch.cat([pair[k] for pair in pairs]) for k in (0, 1))
+    agreement = summarise_teacher(pd.DataFrame({"predicted": predicted.numpy(), "true": target.numpy()}))
+    return {"mse": float(F.mse_loss(predicted, target)), "mae": agreement["mae"],
             "spearman": agreement["spearman"]}
 
 
 def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                     device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+                     device: torch.device | str, resume: Checkpointing | None = None) -> nn.Module:
     """Teach the teacher to predict BCE(corrupted GT, GT) from (image, corrupted GT)."""
     stage_cfg = cfg["teacher_pretrain"]
-    data = labelled_data(cfg, seed, files, device)
-    teacher = new_teacher(cfg, device)
-    optimizer = make_optimizer(teacher.parameters(), cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt)
+    teacher = new_teacher(cfg)
+    train_teacher = rt.trainable(teacher)
+    update = rt.update(make_optimizer(teacher.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
     corruptor = MaskCorruptor(stage_cfg["corruption"], seed=seed)
     val_set = corrupted_validation_set(data.val_items, cfg["input_size"], stage_cfg["val_corruptions_per_image"],
                                        stage_cfg["corruption"], seed)
@@ -356,20 +395,20 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), "pretrain_teacher", epoch):
             corrupted = corruptor.corrupt_batch(batch["mask"])
-            batch = to_device({**batch, "corrupted": corrupted}, device)
+            batch = rt.batch({**batch, "corrupted": corrupted})
             target = per_image_bce(batch["corrupted"], batch["mask"], valid=batch["valid"])
-            loss = F.mse_loss(teacher(batch["image"], batch["corrupted"]), target)
+            with rt.autocast():
+                predicted = train_teacher(batch["image"], batch["corrupted"])
+            loss = F.mse_loss(predicted.float(), target)
             check_finite(loss, "teacher pretraining loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(mse=loss.item(), target_mean=target.mean().item())
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch,
-               lambda: teacher_validation(teacher, val_set, cfg["train"]["batch_size"], device),
+               lambda: teacher_validation(teacher, val_set, cfg["train"]["batch_size"], rt),
                {"teacher": teacher}, [scheduler], Selection("mse", "min"), history_path, "pretrain_teacher",
-               {"optimizer": optimizer, "scheduler": scheduler, "corruptor": corruptor}, resume)
+               {"optimizer": update, "scheduler": scheduler, "corruptor": corruptor}, resume, group=rt.group)
     teacher.load_state_dict(best["teacher"])
     return teacher
 
@@ -382,45 +421,46 @@ def gt_bce(logits: torch.Tensor, batch: dict[str, torch.Tensor], cfg: dict) -> t
 
 
 def train_segmenter(cfg: dict, seed: int, files: DataFiles, model: nn.Module, epochs: int,
-                    history_path: str | Path, device: torch.device, resume: Checkpointing | None = None,
+                    history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
                     stage: str = "student_baseline") -> nn.Module:
     """BCE only, from scratch: the baseline student and the convolutional segmenters."""
-    data = labelled_data(cfg, seed, files, device)
-    model = model.to(device)
-    optimizer = make_optimizer(model.parameters(), cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt)
+    train_model = rt.trainable(model)
+    update = rt.update(make_optimizer(model.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), stage, epoch):
-            batch = to_device(batch, device)
-            loss = gt_bce(model(batch["image"]), batch, cfg).mean()
+            batch = rt.batch(batch)
+            with rt.autocast():
+                logits = train_model(batch["image"])
+            loss = gt_bce(logits, batch, cfg).mean()
             check_finite(loss, f"{stage} BCE")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(bce=loss.item())
         return tracker.means()
 
-    best = fit(epochs, train_epoch, lambda: student_validation(model, data.val_items, cfg, device)[0],
+    best = fit(epochs, train_epoch, lambda: student_validation(model, data.val_items, cfg, rt)[0],
                {"model": model}, [scheduler], Selection("iou"), history_path, stage,
-               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
     model.load_state_dict(best["model"])
     return model
 
 
 def train_student_baseline(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                           device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+                           device: torch.device | str, resume: Checkpointing | None = None) -> nn.Module:
     """The ViT student with BCE only, from scratch."""
-    return train_segmenter(cfg, seed, files, new_student(cfg, device), cfg["student_baseline"]["epochs"],
+    return train_segmenter(cfg, seed, files, new_student(cfg), cfg["student_baseline"]["epochs"],
                            history_path, device, resume)
 
 
 # ---------------------------------------------------------------- stage 3: joint training
 
 def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, history_path: str | Path,
-                device: torch.device, resume: Checkpointing | None = None) -> tuple[nn.Module, nn.Module]:
+                device: torch.device | str, resume: Checkpointing | None = None) -> tuple[nn.Module, nn.Module]:
     """Student and teacher together; returns (teacher, student) of the best validation epoch.
 
     Per step: the student minimises its per-image BCE plus ``teacher_loss_weight`` times the
@@ -429,11 +469,13 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
     whole error range.
     """
     stage_cfg = cfg["joint"]
-    data = labelled_data(cfg, seed, files, device)
-    teacher = teacher.to(device)
-    student = new_student(cfg, device)
-    opt_s, opt_t = make_optimizer(student.parameters(), cfg["train"]), make_optimizer(teacher.parameters(), cfg["train"])
-    schedulers = [make_scheduler(opt_s, cfg["train"]), make_scheduler(opt_t, cfg["train"])]
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt)
+    student = new_student(cfg)
+    train_student, train_teacher = rt.trainable(student), rt.trainable(teacher)
+    update_s = rt.update(make_optimizer(student.parameters(), cfg["train"]))
+    update_t = rt.update(make_optimizer(teacher.parameters(), cfg["train"]))
+    schedulers = [make_scheduler(update_s.optimizer, cfg["train"]), make_scheduler(update_t.optimizer, cfg["train"])]
     corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 1)
     weight = stage_cfg["teacher_loss_weight"]
 
@@ -443,42 +485,45 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), "joint", epoch):
             corrupted = corruptor.corrupt_batch(batch["mask"]) if stage_cfg["corrupted_batch"] else None
-            batch = to_device(batch, device)
+            batch = rt.batch(batch)
             image, mask = batch["image"], batch["mask"]
-            logits = student(image)
-            prob = torch.sigmoid(logits)
+            with rt.autocast():
+                logits = train_student(image)
+                prob = torch.sigmoid(logits)
+                # the teacher itself, not its DDP wrapper: frozen, it takes no part in the gradient sync
+                with frozen(teacher):
+                    predicted = teacher(image, prob)
             bce = gt_bce(logits, batch, cfg)
-            with frozen(teacher):
-                predicted = teacher(image, prob)
-            loss_s = (bce + weight * predicted).mean()
+            loss_s = (bce + weight * predicted.float()).mean()
             check_finite(loss_s, "joint student loss")
-            opt_s.zero_grad(set_to_none=True)
-            loss_s.backward()
-            opt_s.step()
+            update_s(loss_s)
 
-            target = per_image_bce(prob.detach(), mask, valid=batch["valid"])
-            loss_t = F.mse_loss(teacher(image, prob.detach()), target)
-            if corrupted is not None:
-                corrupted = corrupted.to(device)
-                loss_t = loss_t + F.mse_loss(teacher(image, corrupted), per_image_bce(corrupted, mask, valid=batch["valid"]))
+            prob = prob.detach()
+            target = per_image_bce(prob, mask, valid=batch["valid"])
+            with rt.autocast():
+                loss_t = F.mse_loss(train_teacher(image, prob).float(), target)
+                if corrupted is not None:
+                    corrupted = corrupted.to(rt.device, non_blocking=True)
+                    loss_t = loss_t + F.mse_loss(train_teacher(image, corrupted).float(),
+                                                 per_image_bce(corrupted, mask, valid=batch["valid"]))
             check_finite(loss_t, "joint teacher loss")
-            opt_t.zero_grad(set_to_none=True)
-            loss_t.backward()
-            opt_t.step()
+            update_t(loss_t)
             tracker.add(student_loss=loss_s.item(), bce=bce.mean().item(),
-                        teacher_predicted=predicted.mean().item(), teacher_mse=loss_t.item())
+                        teacher_predicted=predicted.float().mean().item(), teacher_mse=loss_t.item())
         return tracker.means()
 
     def validate() -> dict[str, float]:
-        values, probs = student_validation(student, data.val_items, cfg, device)
-        agreement = summarise_teacher(teacher_predictions(teacher, data.val_items, probs, cfg["input_size"], device))
+        values, probs = student_validation(student, data.val_items, cfg, rt)
+        mine = teacher_predictions(teacher, shard(data.val_items, rt.group), probs, cfg["input_size"], rt.device)
+        agreement = summarise_teacher(pd.concat(gather(mine, rt.group), ignore_index=True))
         teacher.train()
         return {**values, "teacher_mae": agreement["mae"], "teacher_spearman": agreement["spearman"]}
 
     best = fit(stage_cfg["epochs"], train_epoch, validate, {"student": student, "teacher": teacher},
                schedulers, Selection("iou"), history_path, "joint",
-               {"optimizer_student": opt_s, "optimizer_teacher": opt_t, "scheduler_student": schedulers[0],
-                "scheduler_teacher": schedulers[1], "corruptor": corruptor}, resume, CollapseGuard.from_config(cfg))
+               {"optimizer_student": update_s, "optimizer_teacher": update_t, "scheduler_student": schedulers[0],
+                "scheduler_teacher": schedulers[1], "corruptor": corruptor}, resume, CollapseGuard.from_config(cfg),
+               rt.group)
     student.load_state_dict(best["student"])
     teacher.load_state_dict(best["teacher"])
     return teacher, student
@@ -487,42 +532,43 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
 # ---------------------------------------------------------------- stage 4: knowledge expansion
 
 def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teacher: nn.Module,
-                   history_path: str | Path, device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+                   history_path: str | Path, device: torch.device | str,
+                   resume: Checkpointing | None = None) -> nn.Module:
     """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
 
     Validation IoU on the labelled validation split picks the kept epoch (of epochs 1..N).
     """
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
-    student, teacher = student.to(device), freeze(teacher.to(device))
+    rt = Runtime.from_config(cfg, device)
+    train_student, teacher = rt.trainable(student), freeze(rt.place(teacher))
     transform = train_augmentation(seed, keys=("image",)) if cfg["train"]["augment"] else None
     if files.pool is None:
         raise ValueError("expansion needs the pool store (DataFiles.pool)")
     pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform)
-    loader = make_loader(pool, cfg, seed, device, limit=stage_cfg["images_per_epoch"])
+    loader = make_loader(pool, cfg, seed, rt, limit=stage_cfg["images_per_epoch"])
     val_items = files.split_items("val")
-    optimizer = make_optimizer(student.parameters(), cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
         tracker, seen = MeanTracker(), 0
         for batch in progress(loader.epoch(epoch), "expand", epoch):
-            image = batch["image"].to(device, non_blocking=True)
-            prob = torch.sigmoid(student(image))
-            loss = teacher(image, prob).mean()
+            image = rt.batch(batch)["image"]
+            with rt.autocast():
+                prob = torch.sigmoid(train_student(image))
+                loss = teacher(image, prob).float().mean()
             check_finite(loss, "expansion loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(teacher_predicted=loss.item(), predicted_fraction=(prob > 0.5).float().mean().item())
             seen += len(image)
         return {**tracker.means(), "pool_images": seen}
 
     best = fit(stage_cfg["epochs"], train_epoch,
-               lambda: student_validation(student, val_items, cfg, device)[0],
+               lambda: student_validation(student, val_items, cfg, rt)[0],
                {"student": student}, [scheduler], Selection("iou"), history_path, "expand",
-               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
     student.load_state_dict(best["student"])
     return student
 
@@ -530,36 +576,37 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
 # ---------------------------------------------------------------- distillation conditions
 
 def distill_from_soft_labels(cfg: dict, seed: int, files: DataFiles, soft: SoftLabelStore,
-                             history_path: str | Path, device: torch.device,
+                             history_path: str | Path, device: torch.device | str,
                              resume: Checkpointing | None = None) -> nn.Module:
     """A ViT student from scratch on hard and soft labels (ensemble distillation):
     BCE(GT) + alpha * MSE(sigmoid(z / T), ensemble mean at T), over labelled pixels."""
     stage_cfg = cfg["ensemble_distillation"]
     alpha, temperature = stage_cfg["alpha"], stage_cfg["temperature"]
-    data = labelled_data(cfg, seed, files, device, soft=soft)
-    student = new_student(cfg, device)
-    optimizer = make_optimizer(student.parameters(), cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt, soft=soft)
+    student = new_student(cfg)
+    train_student = rt.trainable(student)
+    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), "ensemble_distilled", epoch):
-            batch = to_device(batch, device)
-            logits = student(batch["image"])
+            batch = rt.batch(batch)
+            with rt.autocast():
+                logits = train_student(batch["image"])
             bce = gt_bce(logits, batch, cfg)
-            mse = per_image_mse(torch.sigmoid(logits / temperature), batch["soft"], valid=batch["valid"])
+            mse = per_image_mse(torch.sigmoid(logits.float() / temperature), batch["soft"], valid=batch["valid"])
             loss = (bce + alpha * mse).mean()
             check_finite(loss, "ensemble distillation loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(loss=loss.item(), bce=bce.mean().item(), soft_mse=mse.mean().item())
         return tracker.means()
 
-    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
                {"student": student}, [scheduler], Selection("iou"), history_path, "ensemble_distilled",
-               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
     student.load_state_dict(best["student"])
     return student
 
@@ -570,7 +617,8 @@ def pseudo_label_targets(pseudo: torch.Tensor, threshold: float) -> tuple[torch.
 
 
 def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Path, student: nn.Module,
-               history_path: str | Path, device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+               history_path: str | Path, device: torch.device | str,
+               resume: Checkpointing | None = None) -> nn.Module:
     """Pseudo-label self-training: each step one labelled batch (BCE against the GT) and one
     pool batch (BCE against the teacher's confident hard labels, pool_weight times).
 
@@ -581,14 +629,15 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
     size = cfg["input_size"]
     if files.pool is None:
         raise ValueError("self-training needs the pool store (DataFiles.pool)")
-    data = labelled_data(cfg, seed, files, device)
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt)
     transform = train_augmentation(seed + 1, keys=("image", "pseudo")) if cfg["train"]["augment"] else None
     pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform,
                      pseudo=TileStore(pseudo_manifest, "pseudo"))
-    pool_loader = make_loader(pool, cfg, seed, device, limit=cfg["expand"]["images_per_epoch"])
-    student = student.to(device)
-    optimizer = make_optimizer(student.parameters(), cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+    pool_loader = make_loader(pool, cfg, seed, rt, limit=cfg["expand"]["images_per_epoch"])
+    train_student = rt.trainable(student)
+    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
     threshold, weight = stage_cfg["threshold"], stage_cfg["pool_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
@@ -596,71 +645,86 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
         tracker, seen = MeanTracker(), 0
         labelled = cycle(data.train, epoch)
         for pool_batch in progress(pool_loader.epoch(epoch), "pseudo_labelled", epoch):
-            batch = to_device(next(labelled), device)
-            pool_batch = to_device(pool_batch, device)
+            batch, pool_batch = rt.batch(next(labelled)), rt.batch(pool_batch)
             target, confident = pseudo_label_targets(pool_batch["pseudo"], threshold)
-            bce = gt_bce(student(batch["image"]), batch, cfg)
-            pool_bce = per_image_bce_with_logits(student(pool_batch["image"]), target, cfg["train"]["pos_weight"],
-                                                 valid=confident)
+            with rt.autocast():
+                logits, pool_logits = train_student(batch["image"]), train_student(pool_batch["image"])
+            bce = gt_bce(logits, batch, cfg)
+            pool_bce = per_image_bce_with_logits(pool_logits, target, cfg["train"]["pos_weight"], valid=confident)
             loss = bce.mean() + weight * pool_bce.mean()
             check_finite(loss, "self-training loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(loss=loss.item(), bce=bce.mean().item(), pool_bce=pool_bce.mean().item(),
                         confident_fraction=confident.mean().item(), pseudo_foreground=target.mean().item())
             seen += len(pool_batch["image"])
         return {**tracker.means(), "pool_images": seen}
 
-    best = fit(cfg["expand"]["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+    best = fit(cfg["expand"]["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
                {"student": student}, [scheduler], Selection("iou"), history_path, "pseudo_labelled",
-               {"optimizer": optimizer, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg))
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
     student.load_state_dict(best["student"])
     return student
 
 
+class DistillationHead(nn.Module):
+    """The student and its feature projection as one module, so that one data-parallel
+    wrapper covers both: returns (student logits, student feature map projected to the
+    teacher's channels and size)."""
+
+    def __init__(self, student: nn.Module, tap: FeatureTap, projection: FeatureProjection) -> None:
+        super().__init__()
+        self.student, self.projection = student, projection
+        self._tap = tap  # a hook holder, not a submodule
+
+    def forward(self, image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.student(image)
+        return logits, self.projection(self._tap.output, size)
+
+
 def feature_distill(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, history_path: str | Path,
-                    device: torch.device, resume: Checkpointing | None = None) -> nn.Module:
+                    device: torch.device | str, resume: Checkpointing | None = None) -> nn.Module:
     """A small ViT student (feature_distillation.student) from scratch:
     BCE(GT) + feature_weight * MSE(projection(student map), teacher map)
     + response_weight * BCE(student logits, sigmoid(teacher logits)), over labelled pixels."""
     stage_cfg = cfg["feature_distillation"]
     size = cfg["input_size"]
-    data = labelled_data(cfg, seed, files, device)
-    teacher = freeze(teacher.to(device))
-    student = build_student(stage_cfg["student"], size).to(device)
+    rt = Runtime.from_config(cfg, device)
+    data = labelled_data(cfg, seed, files, rt)
+    teacher = freeze(rt.place(teacher))
+    student = build_student(stage_cfg["student"], size).to(rt.device)
     teacher_tap = FeatureTap(teacher, stage_cfg["teacher_layer"])
     student_tap = FeatureTap(student, stage_cfg["student_layer"])
     projection = FeatureProjection(feature_channels(student, student_tap, size),
-                                   feature_channels(teacher, teacher_tap, size)).to(device)
-    optimizer = make_optimizer([*student.parameters(), *projection.parameters()], cfg["train"])
-    scheduler = make_scheduler(optimizer, cfg["train"])
+                                   feature_channels(teacher, teacher_tap, size))
+    head = DistillationHead(student, student_tap, projection)
+    train_head = rt.trainable(head)
+    update = rt.update(make_optimizer(head.parameters(), cfg["train"]))
+    scheduler = make_scheduler(update.optimizer, cfg["train"])
     w_feature, w_response = stage_cfg["feature_weight"], stage_cfg["response_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        student.train()
+        head.train()
         tracker = MeanTracker()
         for batch in progress(data.train.epoch(epoch), "feature_distilled", epoch):
-            batch = to_device(batch, device)
-            with torch.no_grad():
-                teacher_prob = torch.sigmoid(teacher(batch["image"]))
-            teacher_map = teacher_tap.output
-            logits = student(batch["image"])
-            feature = F.mse_loss(projection(student_tap.output, teacher_map.shape[-2:]), teacher_map)
+            batch = rt.batch(batch)
+            with rt.autocast():
+                with torch.no_grad():
+                    teacher_prob = torch.sigmoid(teacher(batch["image"]).float())
+                teacher_map = teacher_tap.output
+                logits, student_map = train_head(batch["image"], tuple(teacher_map.shape[-2:]))
+            feature = F.mse_loss(student_map.float(), teacher_map.float())
             response = per_image_bce_with_logits(logits, teacher_prob, valid=batch["valid"]).mean()
             bce = gt_bce(logits, batch, cfg).mean()
             loss = bce + w_feature * feature + w_response * response
             check_finite(loss, "feature distillation loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            update(loss)
             tracker.add(loss=loss.item(), bce=bce.item(), feature_mse=feature.item(), response_bce=response.item())
         return tracker.means()
 
-    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, device)[0],
+    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
                {"student": student, "projection": projection}, [scheduler], Selection("iou"), history_path,
-               "feature_distilled", {"optimizer": optimizer, "scheduler": scheduler}, resume,
-               CollapseGuard.from_config(cfg))
+               "feature_distilled", {"optimizer": update, "scheduler": scheduler}, resume,
+               CollapseGuard.from_config(cfg), rt.group)
     teacher_tap.remove()
     student_tap.remove()
     student.load_state_dict(best["student"])

@@ -82,6 +82,28 @@ def job_resources(kind):
     return {k: v for k, v in config["resources"][kind].items() if k not in ("threads", "retries")}
 
 
+def training_resources():
+    """Resources of a training job: config resources.train, with the GPUs and, for several
+    nodes or the srun launcher, the SLURM task layout of config 'distributed'.
+
+    One node with torchrun: one task with gpu x processes GPUs; torchrun starts the
+    processes inside it. Otherwise one SLURM task per process (mpi=srun makes the SLURM
+    plugin leave the launching to the job: emkt.distributed.relaunch calls srun), and the
+    GPUs are asked per node (gres), one per task."""
+    resources = job_resources("train")
+    settings = config["distributed"]
+    processes, nodes = settings["processes"], settings["nodes"]
+    gpus = resources.pop("gpu", 0) * processes
+    tasks = settings["launcher"] == "srun" and processes * nodes > 1
+    if nodes > 1 or tasks:
+        resources.update(nodes=nodes, mpi="srun", tasks=processes * nodes)
+        if gpus:
+            resources.update(gres=f"gpu:{gpus}", tasks_per_gpu=1)
+    else:
+        resources["gpu"] = gpus
+    return resources
+
+
 def training_state(rule, job="{seed}"):
     """Where a training rule keeps its resumable state (outside its outputs, which
     Snakemake deletes when a job fails)."""

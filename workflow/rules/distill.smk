@@ -22,7 +22,7 @@ rule train_segmenter:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -74,7 +74,7 @@ rule distill_ensemble:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -145,7 +145,7 @@ rule train_pseudo_labelled:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -170,7 +170,7 @@ rule feature_distill:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:

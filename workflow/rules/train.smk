@@ -20,7 +20,7 @@ rule pretrain_teacher:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -44,7 +44,7 @@ rule train_student_baseline:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -70,7 +70,7 @@ rule joint_train:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:
@@ -97,7 +97,7 @@ rule expand_student:
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
-        **job_resources("train"),
+        **training_resources(),
     conda:
         ENVS["train"]
     script:

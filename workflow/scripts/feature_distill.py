@@ -1,9 +1,9 @@
 """Feature and response distillation of a network into the small ViT student."""
 
-from jobsetup import data_files, start_torch_job, training_checkpointing
+from jobsetup import data_files, start_training_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
-config, device = start_torch_job(snakemake, seed)
+config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model, save_model

@@ -7,7 +7,9 @@ rule's conda env (which installs only the dependencies).
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,9 +26,13 @@ def start_job(snakemake) -> dict:
     if snakemake.log:
         log_path = Path(str(snakemake.log[0]))
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        sys.stderr = open(log_path, "w", buffering=1)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+        # processes started by a launcher (emkt.distributed.relaunch) add to their parent's log
+        launched = "RANK" in os.environ or "EMKT_LAUNCHER" in os.environ
+        sys.stderr = open(log_path, "a" if launched else "w", buffering=1)
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0") if "EMKT_LAUNCHER" in os.environ else "0")
+    # every process logs its warnings and errors; progress and info come from rank 0 only
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", force=True)
     from emkt.config import validate_config
 
     return validate_config(dict(snakemake.config))
@@ -42,6 +48,27 @@ def start_torch_job(snakemake, seed: int | None = None):
         seed_everything(seed)
     device = select_device(config["device"])
     logging.getLogger("emkt").info("running on %s with %d thread(s)", device, snakemake.threads)
+    return config, device
+
+
+def start_training_job(snakemake, seed: int):
+    """start_torch_job for a training stage that may run as several data-parallel processes
+    (config section 'distributed'): the job's own process launches them and exits with their
+    status; each of them joins the process group and takes its GPU. Returns (config, device)."""
+    config = start_job(snakemake)
+    from emkt.distributed import init_process_group, relaunch, shutdown
+    from emkt.runtime import seed_everything, select_device, set_threads
+
+    settings = config["distributed"]
+    relaunch(settings)  # returns only in a launched process, or with one process configured
+    group, device_choice = init_process_group(config["device"], settings["backend"])
+    atexit.register(shutdown)
+    # the job's cores are shared by the processes on this node
+    threads = max(1, snakemake.threads // settings["processes"]) if group.world > 1 else snakemake.threads
+    set_threads(threads)
+    seed_everything(seed)
+    device = select_device(device_choice)
+    logging.getLogger("emkt").info("process %d of %d on %s with %d thread(s)", group.rank, group.world, device, threads)
     return config, device
 
 

@@ -1,9 +1,9 @@
 """Stage 1: pretrain the teacher on corrupted ground-truth masks."""
 
-from jobsetup import start_torch_job, training_checkpointing, data_files
+from jobsetup import start_training_job, training_checkpointing, data_files
 
 seed = int(snakemake.wildcards.seed)
-config, device = start_torch_job(snakemake, seed)
+config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import save_model

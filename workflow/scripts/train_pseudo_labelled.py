@@ -1,9 +1,9 @@
 """Pseudo-label self-training of a ViT student on labelled images plus the pseudo-labelled pool."""
 
-from jobsetup import data_files, start_torch_job, training_checkpointing
+from jobsetup import data_files, start_training_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
-config, device = start_torch_job(snakemake, seed)
+config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import load_model, save_model

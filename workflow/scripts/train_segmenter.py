@@ -1,10 +1,10 @@
 """A convolutional segmenter (config 'segmenters'), trained with BCE like the baseline student."""
 
-from jobsetup import data_files, start_torch_job, training_checkpointing
+from jobsetup import data_files, start_training_job, training_checkpointing
 
 seed = int(snakemake.params.member_seed)
 name = snakemake.wildcards.segmenter
-config, device = start_torch_job(snakemake, seed)
+config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import save_model
