@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, merged
+from conftest import merged
 from emkt.acceleration import Runtime, amp_dtype, is_convolutional
 from emkt.config import ConfigError, validate_config
 from emkt.distributed import ProcessGroup, global_batch_slices, launch_command, local_batch_size

@@ -7,8 +7,8 @@ import torch
 from conftest import merged
 from emkt.runtime import seed_everything
 from emkt.resume import Checkpointing, fingerprint
-from emkt.train import (CollapseGuard, EpochSampler, TrainingCollapsed, check_finite, expand_student, joint_train,
-                        pretrain_teacher, train_student_baseline)
+from emkt.train import (CollapseGuard, EpochSampler, Selection, TrainingCollapsed, check_finite, expand_student, fit,
+                        joint_train, pretrain_teacher, train_student_baseline)
 
 CPU = torch.device("cpu")
 
@@ -69,9 +69,15 @@ def test_epoch_sampler_subsets_and_reshuffles():
     assert len(list(EpochSampler(2, 0, global_batch=3))) == len(EpochSampler(2, 0, global_batch=3)) == 2
 
 
-def test_non_finite_loss_stops_training():
-    with pytest.raises(FloatingPointError, match="expansion loss became nan"):
-        check_finite(torch.tensor(float("nan")), "expansion loss")
+def test_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):
+    with pytest.raises(FloatingPointError, match="expand: train loss became nan"):
+        check_finite({"loss": float("nan"), "pool_images": 8}, "expand")
+    model = torch.nn.Linear(1, 1)
+    resume = Checkpointing(tmp_path / "state.pt", "test")
+    with pytest.raises(FloatingPointError, match="stage: train bce became inf"):
+        fit(2, lambda epoch: {"bce": float("inf")}, lambda: {"iou": 0.5}, {"model": model}, [], Selection("iou"),
+            tmp_path / "history.csv", "stage", resume=resume)
+    assert not (tmp_path / "history.csv").exists() and not resume.path.exists()
 
 
 class Interrupt(Exception):

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .augment import MaskCorruptor, train_augmentation
 from .data import load_whole_images, random_crop, read_split
 from .datasets import LabelledCrops, PoolCrops
-from .acceleration import Runtime
+from .acceleration import Runtime, Update
 from .distributed import ProcessGroup, current, gather, global_batch_slices, local_batch_size, mean_over_ranks, shard
 from .evaluate import score_segmenter, summarise_teacher, teacher_predictions
 from .losses import per_image_bce, per_image_bce_with_logits, per_image_mse
@@ -137,25 +137,34 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def check_finite(value: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(value):
-        raise FloatingPointError(f"{what} became {value.item()}; stopping instead of saving a useless model")
+def check_finite(values: dict[str, float], stage: str) -> None:
+    """Stop a stage whose epoch means are NaN or infinite (a NaN loss makes every later one
+    NaN, so the epoch mean shows it) before anything of that epoch is saved."""
+    bad = {key: value for key, value in values.items() if not np.isfinite(value)}
+    if bad:
+        raise FloatingPointError(f"{stage}: train {', '.join(f'{k} became {v}' for k, v in bad.items())}; "
+                                 "stopping instead of saving a useless model")
 
 
 class MeanTracker:
-    """Running means of named scalars over an epoch."""
+    """Running means of named scalars over an epoch.
+
+    Tensors are summed where they live and read once, in ``means()``: a ``.item()`` per step
+    would make the CPU wait for the GPU at every step.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, **values: float) -> None:
+    def add(self, **values: torch.Tensor | float) -> None:
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+        return {key: float(self.sums[key]) / self.counts[key] for key in self.sums}
 
 
 @dataclass
@@ -234,6 +243,7 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
         start = time.perf_counter()
         lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
         train_values = reduce_train_values(train_epoch(epoch), group)
+        check_finite(train_values, stage)
         for scheduler in schedulers:
             scheduler.step()
         val_values = validate()
@@ -400,9 +410,8 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
             with rt.autocast():
                 predicted = train_teacher(batch["image"], batch["corrupted"])
             loss = F.mse_loss(predicted.float(), target)
-            check_finite(loss, "teacher pretraining loss")
             update(loss)
-            tracker.add(mse=loss.item(), target_mean=target.mean().item())
+            tracker.add(mse=loss, target_mean=target.mean())
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch,
@@ -420,6 +429,22 @@ def gt_bce(logits: torch.Tensor, batch: dict[str, torch.Tensor], cfg: dict) -> t
     return per_image_bce_with_logits(logits, batch["mask"], cfg["train"]["pos_weight"], valid=batch["valid"])
 
 
+def segmenter_epoch(train_model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], update: Update,
+                    runtime: Runtime, pos_weight: float = 1.0) -> dict[str, float]:
+    """One pass of BCE training steps over ``batches`` ({"image", "mask", "valid"} on the
+    host); returns the mean BCE. The step of the baseline student and the segmenters, and
+    what benchmarks/training_step.py measures against a bare PyTorch loop."""
+    tracker = MeanTracker()
+    for batch in batches:
+        batch = runtime.batch(batch)
+        with runtime.autocast():
+            logits = train_model(batch["image"])
+        loss = per_image_bce_with_logits(logits, batch["mask"], pos_weight, valid=batch["valid"]).mean()
+        update(loss)
+        tracker.add(bce=loss)
+    return tracker.means()
+
+
 def train_segmenter(cfg: dict, seed: int, files: DataFiles, model: nn.Module, epochs: int,
                     history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
                     stage: str = "student_baseline") -> nn.Module:
@@ -432,16 +457,8 @@ def train_segmenter(cfg: dict, seed: int, files: DataFiles, model: nn.Module, ep
 
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
-        tracker = MeanTracker()
-        for batch in progress(data.train.epoch(epoch), stage, epoch):
-            batch = rt.batch(batch)
-            with rt.autocast():
-                logits = train_model(batch["image"])
-            loss = gt_bce(logits, batch, cfg).mean()
-            check_finite(loss, f"{stage} BCE")
-            update(loss)
-            tracker.add(bce=loss.item())
-        return tracker.means()
+        return segmenter_epoch(train_model, progress(data.train.epoch(epoch), stage, epoch), update, rt,
+                               cfg["train"]["pos_weight"])
 
     best = fit(epochs, train_epoch, lambda: student_validation(model, data.val_items, cfg, rt)[0],
                {"model": model}, [scheduler], Selection("iou"), history_path, stage,
@@ -495,7 +512,6 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
                     predicted = teacher(image, prob)
             bce = gt_bce(logits, batch, cfg)
             loss_s = (bce + weight * predicted.float()).mean()
-            check_finite(loss_s, "joint student loss")
             update_s(loss_s)
 
             prob = prob.detach()
@@ -506,10 +522,9 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
                     corrupted = corrupted.to(rt.device, non_blocking=True)
                     loss_t = loss_t + F.mse_loss(train_teacher(image, corrupted).float(),
                                                  per_image_bce(corrupted, mask, valid=batch["valid"]))
-            check_finite(loss_t, "joint teacher loss")
             update_t(loss_t)
-            tracker.add(student_loss=loss_s.item(), bce=bce.mean().item(),
-                        teacher_predicted=predicted.float().mean().item(), teacher_mse=loss_t.item())
+            tracker.add(student_loss=loss_s, bce=bce.mean(),
+                        teacher_predicted=predicted.float().mean(), teacher_mse=loss_t)
         return tracker.means()
 
     def validate() -> dict[str, float]:
@@ -559,9 +574,8 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
             with rt.autocast():
                 prob = torch.sigmoid(train_student(image))
                 loss = teacher(image, prob).float().mean()
-            check_finite(loss, "expansion loss")
             update(loss)
-            tracker.add(teacher_predicted=loss.item(), predicted_fraction=(prob > 0.5).float().mean().item())
+            tracker.add(teacher_predicted=loss, predicted_fraction=(prob > 0.5).float().mean())
             seen += len(image)
         return {**tracker.means(), "pool_images": seen}
 
@@ -599,9 +613,8 @@ def distill_from_soft_labels(cfg: dict, seed: int, files: DataFiles, soft: SoftL
             bce = gt_bce(logits, batch, cfg)
             mse = per_image_mse(torch.sigmoid(logits.float() / temperature), batch["soft"], valid=batch["valid"])
             loss = (bce + alpha * mse).mean()
-            check_finite(loss, "ensemble distillation loss")
             update(loss)
-            tracker.add(loss=loss.item(), bce=bce.mean().item(), soft_mse=mse.mean().item())
+            tracker.add(loss=loss, bce=bce.mean(), soft_mse=mse.mean())
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
@@ -652,10 +665,9 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
             bce = gt_bce(logits, batch, cfg)
             pool_bce = per_image_bce_with_logits(pool_logits, target, cfg["train"]["pos_weight"], valid=confident)
             loss = bce.mean() + weight * pool_bce.mean()
-            check_finite(loss, "self-training loss")
             update(loss)
-            tracker.add(loss=loss.item(), bce=bce.mean().item(), pool_bce=pool_bce.mean().item(),
-                        confident_fraction=confident.mean().item(), pseudo_foreground=target.mean().item())
+            tracker.add(loss=loss, bce=bce.mean(), pool_bce=pool_bce.mean(),
+                        confident_fraction=confident.mean(), pseudo_foreground=target.mean())
             seen += len(pool_batch["image"])
         return {**tracker.means(), "pool_images": seen}
 
@@ -716,9 +728,8 @@ def feature_distill(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, 
             response = per_image_bce_with_logits(logits, teacher_prob, valid=batch["valid"]).mean()
             bce = gt_bce(logits, batch, cfg).mean()
             loss = bce + w_feature * feature + w_response * response
-            check_finite(loss, "feature distillation loss")
             update(loss)
-            tracker.add(loss=loss.item(), bce=bce.item(), feature_mse=feature.item(), response_bce=response.item())
+            tracker.add(loss=loss, bce=bce, feature_mse=feature, response_bce=response)
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
