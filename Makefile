@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint benchmark clean-results
+.PHONY: setup demo test lint benchmark benchmark-speed clean-results
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ test: setup
 # Store vs. per-file TIFF reading on a generated pool of 100,000 images (~10 GB in benchmarks/out/).
 benchmark: setup
 	$(BIN)/python benchmarks/pool_loading.py
+
+# Training speed (issue 6): step overhead, loader vs. step, `snakemake -n` wall time, and
+# student/teacher images/s with and without mixed precision and compile (on CPU without a GPU).
+benchmark-speed: setup
+	$(BIN)/python benchmarks/training_step.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/workflow_overhead.py
+	$(BIN)/python benchmarks/gpu_throughput.py
 
 lint: setup
 	$(BIN)/snakemake --lint

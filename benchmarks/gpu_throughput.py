@@ -7,8 +7,9 @@ trains on random batches in memory through the project's runtime (emkt.accelerat
 student with the baseline's BCE step (emkt.train.segmenter_epoch), the teacher with the
 pretraining regression step. Warm-up steps (compilation included) are not timed.
 
-Without a GPU it says so and measures the CPU (bf16 autocast stands in for mixed precision;
-use --steps 2 and --model demo there to keep it short).
+Without a GPU it says so and measures the CPU: bf16 autocast stands in for mixed precision,
+and the defaults shrink to the demo networks, 3 timed steps and 1 warm-up step, so that it
+ends in minutes on a laptop (give --model paper to time the paper's networks there too).
 
 Usage:  python benchmarks/gpu_throughput.py [--batch 16] [--size 224] [--steps 20] [--warmup 5]
                                             [--no-compile] [--model paper|demo]
@@ -83,15 +84,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on a GPU, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 on a GPU, 1 on CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--model", choices=["paper", "demo"], default="paper",
-                        help="networks of config.yaml (paper) or demo.yaml")
+    parser.add_argument("--model", choices=["paper", "demo"], default=None,
+                        help="networks of config.yaml (paper; the default on a GPU) or demo.yaml (on CPU)")
     args = parser.parse_args()
 
+    gpu = torch.cuda.is_available()
+    args.steps = args.steps or (20 if gpu else 3)
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    args.model = args.model or ("paper" if gpu else "demo")
     config = load_config(REPO / "config.yaml", *([REPO / "demo.yaml"] if args.model == "demo" else []))
-    if torch.cuda.is_available():
+    if gpu:
         device = torch.device("cuda")
         where = f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
         mixed = "auto"

@@ -20,7 +20,7 @@ import torch
 from conftest import merged
 from emkt.acceleration import Runtime, amp_dtype, is_convolutional
 from emkt.config import ConfigError, validate_config
-from emkt.distributed import ProcessGroup, global_batch_slices, launch_command, local_batch_size
+from emkt.distributed import ProcessGroup, global_batch_slices, job_resources, launch_command, local_batch_size
 from emkt.models import build_segmenter, build_student, build_teacher
 from emkt.resume import Checkpointing
 from emkt.runtime import seed_everything
@@ -72,6 +72,19 @@ def test_launch_commands():
     assert command[:4] == ["srun", "--nodes=2", "--ntasks=8", "--ntasks-per-node=4"]
     assert "EMKT_LAUNCHER=srun" in command[4] and "EMKT_MASTER_PORT=29555" in command[4]
     assert command[-2:] == ["py", "/job.py"]
+
+
+def test_slurm_resources_of_a_training_job():
+    train = {"mem_mb": 1000, "runtime": 60, "gpu": 1}
+    one = {"processes": 1, "nodes": 1, "launcher": "torchrun"}
+    assert job_resources(train, one) == train
+    assert job_resources(train, {**one, "processes": 4}) == {**train, "gpu": 4}  # one task, torchrun inside
+    assert job_resources({**train, "gpu": 0}, {**one, "processes": 4}) == {**train, "gpu": 0}
+    several = job_resources(train, {**one, "processes": 4, "nodes": 2})
+    assert several == {"mem_mb": 1000, "runtime": 60, "nodes": 2, "mpi": "srun", "tasks": 8, "gres": "gpu:4",
+                       "tasks_per_gpu": 1}
+    assert job_resources(train, {**one, "processes": 2, "launcher": "srun"})["tasks"] == 2
+    assert "mpi" not in job_resources(train, {**one, "launcher": "srun"})  # one process: nothing to launch
 
 
 # ---------------------------------------------------------------- speed settings

@@ -249,19 +249,6 @@ def test_profile_requests_gpus_per_process_for_training_and_one_for_inference(tm
     assert resources["evaluate_model"]["runtime"] == str(demo["evaluate"]["runtime"])
 
 
-def test_profile_requests_one_task_per_gpu_on_several_nodes(tmp_path):
-    """2 nodes x 2 processes: training jobs become 4 SLURM tasks on 2 nodes with 2 GPUs per
-    node, launched by the job itself (mpi), which the plugin turns into sbatch options."""
-    gpus = {kind: {"gpu": 1} for kind in ("train", "evaluate")}
-    resources = resolved_resources(tmp_path, {"resources": gpus, "distributed": {"processes": 2, "nodes": 2}})
-    for rule in TRAINING_RULES | DISTILL_TRAINING_RULES:
-        values = resources[rule]
-        assert (values["nodes"], values["tasks"], values["gres"], values["tasks_per_gpu"], values["mpi"]) == \
-            ("2", "4", "gpu:2", "1", "srun"), (rule, values)
-        assert "gpu" not in values
-    assert resources["evaluate_model"]["gpu"] == "1" and "nodes" not in resources["evaluate_model"]
-
-
 @pytest.mark.slurm
 def test_demo_dag_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
     profile = cluster_profile(tmp_path)

@@ -172,6 +172,28 @@ def broadcast(value: Any, group: ProcessGroup) -> Any:
 
 # ---------------------------------------------------------------- launching
 
+def job_resources(train: dict, settings: dict) -> dict:
+    """Snakemake resources of a training job from config resources.train (``train``: gpu per
+    process, memory, time) and the config section 'distributed' (``settings``).
+
+    One node with torchrun: one task with gpu x processes GPUs; torchrun starts the
+    processes inside it. Otherwise one SLURM task per process: ``mpi`` makes the SLURM plugin
+    leave the launching to the job (``relaunch`` calls srun), and the GPUs are asked per node
+    (gres), one per task.
+    """
+    resources = dict(train)
+    processes, nodes = settings["processes"], settings["nodes"]
+    gpus = resources.pop("gpu", 0) * processes
+    if nodes > 1 or (settings["launcher"] == "srun" and processes * nodes > 1):
+        resources.update(nodes=nodes, mpi="srun", tasks=processes * nodes)
+        if gpus:
+            resources.update(gres=f"gpu:{gpus}", tasks_per_gpu=1)
+    else:
+        resources["gpu"] = gpus
+    return resources
+
+
+
 def launch_command(settings: dict, script: str, args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
     """The command that starts ``script`` (with ``args``) as the configured number of processes.
 

@@ -6,6 +6,7 @@ from pathlib import Path
 # the repository so that Snakemake needs no installed copy of the package.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from emkt.config import ConfigError, validate_config
+from emkt.distributed import job_resources as distributed_job_resources
 
 try:
     validate_config(config)
@@ -83,25 +84,10 @@ def job_resources(kind):
 
 
 def training_resources():
-    """Resources of a training job: config resources.train, with the GPUs and, for several
-    nodes or the srun launcher, the SLURM task layout of config 'distributed'.
-
-    One node with torchrun: one task with gpu x processes GPUs; torchrun starts the
-    processes inside it. Otherwise one SLURM task per process (mpi=srun makes the SLURM
-    plugin leave the launching to the job: emkt.distributed.relaunch calls srun), and the
-    GPUs are asked per node (gres), one per task."""
-    resources = job_resources("train")
-    settings = config["distributed"]
-    processes, nodes = settings["processes"], settings["nodes"]
-    gpus = resources.pop("gpu", 0) * processes
-    tasks = settings["launcher"] == "srun" and processes * nodes > 1
-    if nodes > 1 or tasks:
-        resources.update(nodes=nodes, mpi="srun", tasks=processes * nodes)
-        if gpus:
-            resources.update(gres=f"gpu:{gpus}", tasks_per_gpu=1)
-    else:
-        resources["gpu"] = gpus
-    return resources
+    """Resources of a training job: config resources.train with the GPUs and, for several
+    nodes or the srun launcher, the SLURM task layout of config 'distributed'
+    (emkt.distributed.job_resources)."""
+    return distributed_job_resources(job_resources("train"), config["distributed"])
 
 
 def training_state(rule, job="{seed}"):
