@@ -20,7 +20,8 @@ import torch
 from conftest import merged
 from emkt.acceleration import Runtime, amp_dtype, is_convolutional
 from emkt.config import ConfigError, validate_config
-from emkt.distributed import ProcessGroup, global_batch_slices, job_resources, launch_command, local_batch_size
+from emkt.cluster import job_resources, launch_command
+from emkt.distributed import ProcessGroup, global_batch_slices, local_batch_size
 from emkt.models import build_segmenter, build_student, build_teacher
 from emkt.resume import Checkpointing
 from emkt.runtime import seed_everything

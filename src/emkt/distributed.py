@@ -11,7 +11,8 @@ ranks and merged (``gather``); only rank 0 writes files.
 
 A job script calls ``relaunch`` first: with more than one process configured and no
 process group in the environment, it starts the configured launcher (``torchrun``, or
-``srun`` on SLURM) on the script itself and exits with its status. Each launched process
+``srun`` on SLURM; emkt.cluster.launch_command) on the script itself and exits with its
+status. Each launched process
 then finds RANK / WORLD_SIZE (torchrun) or SLURM_PROCID / SLURM_NTASKS (srun) and joins
 the group in ``init_process_group``.
 """
@@ -29,10 +30,9 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from .cluster import first_slurm_host, launch_command
+
 log = logging.getLogger(__name__)
-
-LAUNCHERS = ("torchrun", "srun")
-
 
 @dataclass(frozen=True)
 class ProcessGroup:
@@ -98,15 +98,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def first_slurm_host() -> str:
-    """The first host name of the job's node list (where rank 0 runs under srun)."""
-    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
-    if not nodes:
-        return "127.0.0.1"
-    hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
-    return hosts.stdout.split()[0]
-
-
 # ---------------------------------------------------------------- data
 
 def local_batch_size(global_batch: int, world: int) -> int:
@@ -161,58 +152,7 @@ def mean_over_ranks(values: dict[str, float], group: ProcessGroup) -> dict[str, 
     return {key: sum(part[key] for part in parts) / len(parts) for key in values}
 
 
-def broadcast(value: Any, group: ProcessGroup) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if group.world == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 # ---------------------------------------------------------------- launching
-
-def job_resources(train: dict, settings: dict) -> dict:
-    """Snakemake resources of a training job from config resources.train (``train``: gpu per
-    process, memory, time) and the config section 'distributed' (``settings``).
-
-    One node with torchrun: one task with gpu x processes GPUs; torchrun starts the
-    processes inside it. Otherwise one SLURM task per process: ``mpi`` makes the SLURM plugin
-    leave the launching to the job (``relaunch`` calls srun), and the GPUs are asked per node
-    (gres), one per task.
-    """
-    resources = dict(train)
-    processes, nodes = settings["processes"], settings["nodes"]
-    gpus = resources.pop("gpu", 0) * processes
-    if nodes > 1 or (settings["launcher"] == "srun" and processes * nodes > 1):
-        resources.update(nodes=nodes, mpi="srun", tasks=processes * nodes)
-        if gpus:
-            resources.update(gres=f"gpu:{gpus}", tasks_per_gpu=1)
-    else:
-        resources["gpu"] = gpus
-    return resources
-
-
-
-def launch_command(settings: dict, script: str, args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
-    """The command that starts ``script`` (with ``args``) as the configured number of processes.
-
-    ``settings`` is the config section 'distributed'. torchrun on one node runs standalone
-    (a local rendezvous); on several nodes srun starts one torchrun per node, meeting at the
-    first node. The srun launcher starts every process itself (one task per GPU).
-    """
-    processes, nodes = settings["processes"], settings["nodes"]
-    port = str(settings["port"])
-    if settings["launcher"] == "torchrun":
-        torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
-        if nodes == 1:
-            return [*torchrun, "--standalone", script, *args]
-        return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", *torchrun, f"--nnodes={nodes}",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint={first_slurm_host()}:{port}",
-                f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'emkt')}", script, *args]
-    return ["srun", f"--nodes={nodes}", f"--ntasks={processes * nodes}", f"--ntasks-per-node={processes}",
-            "--export=ALL,EMKT_LAUNCHER=srun,EMKT_MASTER_PORT=" + port, python, script, *args]
-
 
 def relaunch(settings: dict) -> None:
     """Start this script as ``settings['processes'] x settings['nodes']`` processes and exit

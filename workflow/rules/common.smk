@@ -6,7 +6,7 @@ from pathlib import Path
 # the repository so that Snakemake needs no installed copy of the package.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from emkt.config import ConfigError, validate_config
-from emkt.distributed import job_resources as distributed_job_resources
+from emkt.cluster import job_resources as distributed_job_resources
 
 try:
     validate_config(config)
@@ -86,7 +86,7 @@ def job_resources(kind):
 def training_resources():
     """Resources of a training job: config resources.train with the GPUs and, for several
     nodes or the srun launcher, the SLURM task layout of config 'distributed'
-    (emkt.distributed.job_resources)."""
+    (emkt.cluster.job_resources)."""
     return distributed_job_resources(job_resources("train"), config["distributed"])
 
 
