@@ -52,7 +52,9 @@ def restore_rng(state: dict) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a job resumed with fewer (or more) GPUs than it saved with restores what both have
+        for device, generator in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator, device)
 
 
 def _capture(obj: Any) -> Any:
