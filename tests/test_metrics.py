@@ -13,7 +13,7 @@ from scipy import stats
 
 from emkt.evaluate import evaluate_segmenter, teacher_predictions
 from emkt.losses import per_image_bce
-from emkt.metrics import SegmentationMeter, teacher_agreement
+from emkt.metrics import SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
 
 # 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
 # GT positive: (0,0) (0,1) (1,0) (1,1).  => tp=3, fp=2, fn=1, tn=10.
@@ -268,3 +268,38 @@ def test_teacher_agreement_degenerate_is_nan_without_warnings():
     assert all(math.isnan(v) for v in empty.values())
     assert with_nan["mae"] == pytest.approx((0.1 + 0.2) / 2)
     assert with_nan["spearman"] == pytest.approx(-1.0)
+
+
+def test_instance_scores_by_hand():
+    gt = np.zeros((6, 8), dtype=np.int32)
+    gt[0:2, 0:2] = 7            # object A, 4 px
+    gt[3:5, 4:6] = 9            # object B, 4 px
+    pred = np.zeros_like(gt)
+    pred[0:2, 0:2] = 1          # A exactly: IoU 1
+    pred[3:5, 5:7] = 2          # half of B: overlap 2, union 6, IoU 1/3 < 0.5: not a match
+    pred[5, 0] = 3              # a spurious object
+    scores = instance_scores(pred, gt)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 2, 1)
+    assert scores["object_f1"] == pytest.approx(2 / (2 + 2 + 1))
+    assert scores["pq"] == pytest.approx(1 / (1 + 1 + 0.5))
+    # labels are names, not positions: renumbered GT is a perfect prediction
+    assert instance_scores(np.where(gt > 0, 20 - gt, 0), gt) == {"tp": 2, "fp": 0, "fn": 0, "iou_sum": 2.0,
+                                                                  "object_f1": 1.0, "pq": 1.0}
+    # pixels outside valid belong to no object: hiding B and the spurious one leaves A alone
+    valid = np.zeros_like(gt)
+    valid[0:3] = 1
+    assert instance_scores(pred, gt, valid)["object_f1"] == 1.0
+    assert instance_scores(np.zeros_like(gt), np.zeros_like(gt))["pq"] == 1.0
+    assert instance_scores(pred, np.zeros_like(gt))["object_f1"] == 0.0
+
+
+def test_instances_from_probability_joins_diagonals_and_drops_small_objects():
+    prob = np.zeros((6, 6), dtype=np.float32)
+    prob[0, 0] = prob[1, 1] = 0.9             # diagonal neighbours: one object (8-connectivity)
+    prob[4:6, 4:6] = 0.7                      # 4 px
+    prob[0, 5] = 0.6                          # 1 px
+    prob[3, 0] = 0.4                          # below the threshold
+    labels = instances_from_probability(prob)
+    assert labels.dtype == np.int32 and labels.max() == 3 and labels[0, 0] == labels[1, 1]
+    kept = instances_from_probability(prob, min_size=2)
+    assert kept.max() == 2 and kept[0, 5] == 0 and set(np.unique(kept)) == {0, 1, 2}

@@ -233,3 +233,64 @@ def agreement_with_reference(probs: list[np.ndarray], reference_probs: list[np.n
         differences.append(abs(count_objects(mine & keep) - count_objects(theirs & keep)))
     return {"iou_vs_teacher": _ratio(intersection, union, 1.0),
             "count_diff_vs_teacher": float(np.mean(differences)) if differences else float("nan")}
+
+
+def instances_from_probability(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0) -> np.ndarray:
+    """Instance labels of a probability map: connected components (8-connectivity) of
+    ``prob >= threshold``, without components smaller than ``min_size`` pixels, numbered
+    1..n in scan order; 0 is background. int32, the shape of ``prob``."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(prob) >= threshold, structure=np.ones((3, 3), dtype=int))
+    if min_size > 1 and count:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        keep = sizes >= min_size
+        keep[0] = False
+        renumber = np.zeros(count + 1, dtype=np.int32)
+        renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        labels = renumber[labels]
+    return labels.astype(np.int32)
+
+
+def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
+                    iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object-level agreement of two instance label images (0 = background).
+
+    Objects are matched one-to-one by the Hungarian method on their IoU; a pair counts as a
+    true positive when its IoU is at least ``iou_threshold`` (above 0.5 such pairs are unique,
+    so the matching is the standard panoptic one). Pixels where ``valid`` is 0 are left out
+    of every object. Returns the counts ``tp``, ``fp``, ``fn``, the summed IoU of the true
+    positives ``iou_sum``, ``object_f1`` = 2TP / (2TP + FP + FN) and ``pq`` (panoptic
+    quality) = iou_sum / (TP + FP/2 + FN/2); both are 1 for two empty images.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"instance images differ in shape: {pred.shape} vs {gt.shape}")
+    if valid is not None:
+        keep = np.asarray(valid) > 0
+        pred, gt = np.where(keep, pred, 0), np.where(keep, gt, 0)
+    pred_ids, pred_index = np.unique(pred, return_inverse=True)
+    gt_ids, gt_index = np.unique(gt, return_inverse=True)
+    # contingency table of label pairs, then drop the background row and column
+    table = np.zeros((len(pred_ids), len(gt_ids)), dtype=np.int64)
+    np.add.at(table, (pred_index.ravel(), gt_index.ravel()), 1)
+    pred_objects, gt_objects = pred_ids != 0, gt_ids != 0
+    pred_area, gt_area = table.sum(axis=1)[pred_objects], table.sum(axis=0)[gt_objects]
+    overlap = table[np.ix_(pred_objects, gt_objects)]
+    union = pred_area[:, None] + gt_area[None, :] - overlap
+    iou = np.divide(overlap, union, out=np.zeros(overlap.shape), where=union > 0)
+    rows, cols = linear_sum_assignment(iou, maximize=True) if iou.size else (np.array([], int), np.array([], int))
+    matched = iou[rows, cols] >= iou_threshold
+    tp = int(matched.sum())
+    fp, fn = int(pred_objects.sum()) - tp, int(gt_objects.sum()) - tp
+    iou_sum = float(iou[rows, cols][matched].sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "iou_sum": iou_sum, **instance_summary(tp, fp, fn, iou_sum)}
+
+
+def instance_summary(tp: float, fp: float, fn: float, iou_sum: float) -> dict[str, float]:
+    """Object F1 and panoptic quality from (pooled) counts; 1.0 when there are no objects at all."""
+    if tp + fp + fn == 0:
+        return {"object_f1": 1.0, "pq": 1.0}
+    return {"object_f1": 2 * tp / (2 * tp + fp + fn), "pq": iou_sum / (tp + 0.5 * fp + 0.5 * fn)}
