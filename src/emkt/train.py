@@ -123,6 +123,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict) -> torch.o
                                            gamma=train_cfg["lr_gamma"])
 
 
+def optimisation(runtime: Runtime, model: nn.Module,
+                 train_cfg: dict) -> tuple[nn.Module, Update, torch.optim.lr_scheduler.StepLR]:
+    """What a stage trains ``model`` with: the module for its steps (runtime.trainable), the
+    optimiser update and the learning-rate schedule (config section 'train')."""
+    trained = runtime.trainable(model)
+    update = runtime.update(make_optimizer(model.parameters(), train_cfg))
+    return trained, update, make_scheduler(update.optimizer, train_cfg)
+
+
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
     """Temporarily eval mode without parameter gradients (gradients still reach the inputs)."""
@@ -393,9 +402,7 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt)
     teacher = new_teacher(cfg)
-    train_teacher = rt.trainable(teacher)
-    update = rt.update(make_optimizer(teacher.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_teacher, update, scheduler = optimisation(rt, teacher, cfg["train"])
     corruptor = MaskCorruptor(stage_cfg["corruption"], seed=seed)
     val_set = corrupted_validation_set(data.val_items, cfg["input_size"], stage_cfg["val_corruptions_per_image"],
                                        stage_cfg["corruption"], seed)
@@ -451,9 +458,7 @@ def train_segmenter(cfg: dict, seed: int, files: DataFiles, model: nn.Module, ep
     """BCE only, from scratch: the baseline student and the convolutional segmenters."""
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt)
-    train_model = rt.trainable(model)
-    update = rt.update(make_optimizer(model.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_model, update, scheduler = optimisation(rt, model, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
@@ -489,10 +494,9 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt)
     student = new_student(cfg)
-    train_student, train_teacher = rt.trainable(student), rt.trainable(teacher)
-    update_s = rt.update(make_optimizer(student.parameters(), cfg["train"]))
-    update_t = rt.update(make_optimizer(teacher.parameters(), cfg["train"]))
-    schedulers = [make_scheduler(update_s.optimizer, cfg["train"]), make_scheduler(update_t.optimizer, cfg["train"])]
+    train_student, update_s, scheduler_s = optimisation(rt, student, cfg["train"])
+    train_teacher, update_t, scheduler_t = optimisation(rt, teacher, cfg["train"])
+    schedulers = [scheduler_s, scheduler_t]
     corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 1)
     weight = stage_cfg["teacher_loss_weight"]
 
@@ -556,15 +560,14 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
     rt = Runtime.from_config(cfg, device)
-    train_student, teacher = rt.trainable(student), freeze(rt.place(teacher))
+    teacher = freeze(rt.place(teacher))
     transform = train_augmentation(seed, keys=("image",)) if cfg["train"]["augment"] else None
     if files.pool is None:
         raise ValueError("expansion needs the pool store (DataFiles.pool)")
     pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform)
     loader = make_loader(pool, cfg, seed, rt, limit=stage_cfg["images_per_epoch"])
     val_items = files.split_items("val")
-    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_student, update, scheduler = optimisation(rt, student, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
@@ -599,9 +602,7 @@ def distill_from_soft_labels(cfg: dict, seed: int, files: DataFiles, soft: SoftL
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt, soft=soft)
     student = new_student(cfg)
-    train_student = rt.trainable(student)
-    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_student, update, scheduler = optimisation(rt, student, cfg["train"])
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
@@ -648,9 +649,7 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
     pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform,
                      pseudo=TileStore(pseudo_manifest, "pseudo"))
     pool_loader = make_loader(pool, cfg, seed, rt, limit=cfg["expand"]["images_per_epoch"])
-    train_student = rt.trainable(student)
-    update = rt.update(make_optimizer(student.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_student, update, scheduler = optimisation(rt, student, cfg["train"])
     threshold, weight = stage_cfg["threshold"], stage_cfg["pool_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
@@ -709,9 +708,7 @@ def feature_distill(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, 
     projection = FeatureProjection(feature_channels(student, student_tap, size),
                                    feature_channels(teacher, teacher_tap, size))
     head = DistillationHead(student, student_tap, projection)
-    train_head = rt.trainable(head)
-    update = rt.update(make_optimizer(head.parameters(), cfg["train"]))
-    scheduler = make_scheduler(update.optimizer, cfg["train"])
+    train_head, update, scheduler = optimisation(rt, head, cfg["train"])
     w_feature, w_response = stage_cfg["feature_weight"], stage_cfg["response_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
