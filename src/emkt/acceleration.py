@@ -23,9 +23,6 @@ from .distributed import ProcessGroup, current
 
 log = logging.getLogger(__name__)
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
-
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for config key train.amp on ``device`` (None: full float32).
 

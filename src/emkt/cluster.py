@@ -1,5 +1,6 @@
 """What a training job asks of the cluster and how its processes are started: the SLURM
-resources of a data-parallel job and the launcher command (torchrun or srun).
+resources of a data-parallel job, the launcher command (torchrun or srun) and a launched
+process's rank from the launcher's environment.
 
 Imported by the Snakefile, so it depends on nothing heavier than the standard library
 (importing torch there would cost every `snakemake` call ~2 s).
@@ -34,7 +35,6 @@ def job_resources(train: dict, settings: dict) -> dict:
     return resources
 
 
-
 def launch_command(settings: dict, script: str, args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
     """The command that starts ``script`` (with ``args``) as the configured number of processes.
 
@@ -62,3 +62,13 @@ def first_slurm_host() -> str:
         return "127.0.0.1"
     hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
     return hosts.stdout.split()[0]
+
+
+def environment_rank() -> tuple[int, int, int] | None:
+    """(rank, world, local rank) from torchrun's or srun's environment, or None outside a launch."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if os.environ.get("EMKT_LAUNCHER") == "srun" and "SLURM_PROCID" in os.environ:
+        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
+                int(os.environ.get("SLURM_LOCALID", 0)))
+    return None

@@ -12,9 +12,8 @@ ranks and merged (``gather``); only rank 0 writes files.
 A job script calls ``relaunch`` first: with more than one process configured and no
 process group in the environment, it starts the configured launcher (``torchrun``, or
 ``srun`` on SLURM; emkt.cluster.launch_command) on the script itself and exits with its
-status. Each launched process
-then finds RANK / WORLD_SIZE (torchrun) or SLURM_PROCID / SLURM_NTASKS (srun) and joins
-the group in ``init_process_group``.
+status. Each launched process then finds RANK / WORLD_SIZE (torchrun) or SLURM_PROCID /
+SLURM_NTASKS (srun) and joins the group in ``init_process_group``.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from .cluster import first_slurm_host, launch_command
+from .cluster import environment_rank, first_slurm_host, launch_command
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ProcessGroup:
@@ -53,16 +53,6 @@ def current() -> ProcessGroup:
     if not (dist.is_available() and dist.is_initialized()):
         return ProcessGroup()
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def environment_rank() -> tuple[int, int, int] | None:
-    """(rank, world, local rank) from torchrun's or srun's environment, or None outside a launch."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if os.environ.get("EMKT_LAUNCHER") == "srun" and "SLURM_PROCID" in os.environ:
-        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
-                int(os.environ.get("SLURM_LOCALID", 0)))
-    return None
 
 
 def init_process_group(device_choice: str, backend: str = "auto") -> tuple[ProcessGroup, str]:

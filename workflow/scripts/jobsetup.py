@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,15 +22,17 @@ if SRC.is_dir() and sys.path[:1] != [str(SRC)]:
 
 def start_job(snakemake) -> dict:
     """Send stderr (tqdm, warnings, tracebacks) and logging to the rule's log; return the config."""
+    from emkt.cluster import environment_rank
+
+    launched = environment_rank()
     if snakemake.log:
         log_path = Path(str(snakemake.log[0]))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # processes started by a launcher (emkt.distributed.relaunch) add to their parent's log
-        launched = "RANK" in os.environ or "EMKT_LAUNCHER" in os.environ
         sys.stderr = open(log_path, "a" if launched else "w", buffering=1)
-    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0") if "EMKT_LAUNCHER" in os.environ else "0")
+    rank = launched[0] if launched else 0
     # every process logs its warnings and errors; progress and info come from rank 0 only
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO if rank == "0" else logging.WARNING,
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", force=True)
     from emkt.config import validate_config
 
