@@ -46,6 +46,18 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c["data"].update(ignore_label=0), "'data.ignore_label' = 0"),
         (lambda c: c["data"].update(ignore_label="x"), "'data.ignore_label' = 'x'"),
         (lambda c: c["data"].update(ignore_label=65536), "'data.ignore_label' = 65536"),
+        (lambda c: c["evaluate"].update(min_object_size=-1), "'evaluate.min_object_size' = -1"),
+        (lambda c: c.update(external_test=[{"name": "a b", "dir": "x"}]), "'external_test.0.name' = 'a b'"),
+        (lambda c: c.update(external_test=[{"name": "test", "dir": "x"}]), "names a set 'test'"),
+        (lambda c: c.update(external_test=[{"name": "a", "dir": "x"}, {"name": "a", "dir": "y"}]),
+         "'external_test' uses the name(s) ['a'] more than once"),
+        (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["expansion"]}]),
+         "'predict.0.networks' names ['expansion'], which the listed conditions do not train; allowed: ['baseline', "
+         "'joint', 'expanded'"),
+        (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "seeds": [7]}]),
+         "'predict.0.seeds' names [7]"),
+        (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "probability": "float16"}]),
+         "'predict.0.probability' = 'float16' is not allowed; allowed values: ['float32', 'uint8']"),
     ],
 )
 def test_bad_values_name_the_key(paper_config, mutate, expected):

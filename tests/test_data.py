@@ -7,7 +7,8 @@ import torch
 from conftest import prepare_data
 from emkt.augment import train_augmentation
 from emkt.datasets import LabelledCrops
-from emkt.data import (ConversionError, DataFileError, find_labelled_root, load_whole_images, masks_from_labels,
+from emkt.data import (ConversionError, DataFileError, find_labelled_root, ground_truth_instances, load_folder_images,
+                       load_whole_images, masks_from_labels,
                        normalise_image, random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8,
                        to_labels)
 from emkt.indexing import build_index
@@ -211,3 +212,30 @@ def test_whole_images_mark_ignored_pixels_not_valid(tmp_path, tiny_config):
     assert np.array_equal(item["mask"], (labels > 0) & (labels != IGNORE))
     (unmasked,) = load_whole_images(table, store)
     assert unmasked["valid"].all() and np.array_equal(unmasked["mask"], labels > 0)
+    # object metrics see the two instances without their unlabelled band
+    assert np.array_equal(item["instances"], np.where(labels == IGNORE, 0, labels))
+    assert set(np.unique(unmasked["instances"])) == {0, 1, 2, IGNORE}
+
+
+def test_binary_masks_count_connected_components_as_instances():
+    binary = np.zeros((9, 9), np.uint8)
+    binary[1:3, 1:3] = binary[5:8, 5:8] = 1
+    binary[4, 4] = 1  # touches the second square diagonally: 8-connected, one object
+    instances = ground_truth_instances(binary, np.ones_like(binary))
+    assert instances.max() == 2 and instances[4, 4] == instances[6, 6] != instances[1, 1]
+
+
+def test_external_folder_images_equal_the_store_images(tmp_path, shared_data, tiny_config):
+    """An external set read from its files gives the items a packed store gives."""
+    index, _ = build_index(shared_data / "cem_mitolab", None)
+    index = index[index["source"] == "cem_examples"].reset_index(drop=True)
+    direct = load_folder_images(index)
+    files = prepare_data(shared_data / "cem_mitolab", None, tmp_path / "store", tiny_config)
+    store, split = LabelledStore(files.labelled), pd.read_csv(files.split)
+    packed = load_whole_images(split[split["source"] == "cem_examples"], store)
+    by_name = {item["name"]: item for item in packed}
+    assert len(direct) == 5 and {item["image"].shape for item in direct} >= {(138, 224), (224, 224)}
+    for item in direct:
+        twin = by_name[item["name"]]
+        for key in ("image", "mask", "valid", "instances"):
+            assert np.array_equal(item[key], twin[key]), (item["name"], key)

@@ -13,7 +13,7 @@ from scipy import stats
 
 from emkt.evaluate import evaluate_segmenter, teacher_predictions
 from emkt.losses import per_image_bce
-from emkt.metrics import SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
+from emkt.metrics import InstanceMeter, SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
 
 # 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
 # GT positive: (0,0) (0,1) (1,0) (1,1).  => tp=3, fp=2, fn=1, tn=10.
@@ -227,11 +227,14 @@ def test_evaluation_skips_unlabelled_pixels():
     valid[:, 14:] = 0
     image = np.where(mask > 0, 1.0, -1.0).astype(np.float32)
     image[:, 14:] = 1.0  # predicted foreground where the label is unknown
-    item = {"name": "a", "image": image, "mask": mask, "valid": valid}
+    item = {"name": "a", "image": image, "mask": mask, "valid": valid, "instances": mask.astype(np.int32)}
     metrics, per_image, probs = evaluate_segmenter(_ScaledImage(), [item], 8, 0.25, 4, torch.device("cpu"))
     assert metrics["iou"] == 1.0 and per_image["iou"].tolist() == [1.0]
+    # the object predicted where nothing is labelled is no false positive either
+    assert metrics["object_f1"] == metrics["pq"] == 1.0 and per_image["objects_predicted"].tolist() == [1]
     unlabelled = {key: value for key, value in item.items() if key != "valid"}
-    assert evaluate_segmenter(_ScaledImage(), [unlabelled], 8, 0.25, 4, torch.device("cpu"))[0]["iou"] < 1.0
+    scores = evaluate_segmenter(_ScaledImage(), [unlabelled], 8, 0.25, 4, torch.device("cpu"))[0]
+    assert scores["iou"] < 1.0 and scores["object_f1"] == pytest.approx(2 / 3) and scores["count_mae"] == 1.0
     # the teacher's true BCE per tile is over the tile's labelled pixels
     tiles = teacher_predictions(_ConstantTeacher(), [item], probs, 8, torch.device("cpu"))
     prob, target = torch.from_numpy(probs[0])[None, None], torch.from_numpy(mask)[None, None].float()
@@ -303,3 +306,22 @@ def test_instances_from_probability_joins_diagonals_and_drops_small_objects():
     assert labels.dtype == np.int32 and labels.max() == 3 and labels[0, 0] == labels[1, 1]
     kept = instances_from_probability(prob, min_size=2)
     assert kept.max() == 2 and kept[0, 5] == 0 and set(np.unique(kept)) == {0, 1, 2}
+
+
+def test_instance_meter_pools_matches_over_images_and_merges():
+    gt = np.zeros((10, 10), np.int32)
+    gt[1:4, 1:4], gt[6:9, 6:9] = 1, 2
+    perfect = (gt > 0).astype(np.float32)
+    half = perfect.copy()
+    half[6:9, 6:9] = 0  # misses object 2
+    half[0, 9] = 1  # a one-pixel object, dropped by min_size 2
+    whole, first, second = InstanceMeter(min_size=2), InstanceMeter(min_size=2), InstanceMeter(min_size=2)
+    for meter, images in ((whole, [perfect, half]), (first, [perfect]), (second, [half])):
+        for k, prob in enumerate(images):
+            meter.update(prob, gt, name=f"i{k}")
+    # pooled: tp 3, fp 0, fn 1 over both images
+    assert whole.compute() == pytest.approx({"object_f1": 6 / 7, "pq": 3 / 3.5, "count_mae": 0.5})
+    assert first.merge(second).compute() == pytest.approx(whole.compute())
+    assert whole.per_image()["objects_predicted"].tolist() == [2, 1]
+    with pytest.raises(ValueError, match="different settings"):
+        whole.merge(InstanceMeter(min_size=3))

@@ -13,6 +13,7 @@ import pytest
 from emkt import plots
 from emkt.plots import (
     network_order,
+    plot_dataset_bars,
     plot_metric_bars,
     plot_prediction_panel,
     plot_speed_accuracy,
@@ -108,6 +109,22 @@ def test_metric_bars_hatch_references(tmp_path, saved_figures):
     assert legend == ["student", "reference network"]
     # the metric of one condition: one bar, in that condition's slot
     assert [bar.get_x() + bar.get_width() / 2 for bar in vs_teacher.patches] == [1]
+
+
+def test_dataset_bars_one_row_per_data_set(tmp_path, saved_figures):
+    test = network_frame().assign(dataset="test")
+    external = network_frame().assign(dataset="other_lab", value=lambda f: f["value"] / 2)
+    long = pd.concat([external, test], ignore_index=True)  # the test split is drawn first anyway
+    out = tmp_path / "datasets.png"
+    plot_dataset_bars(long, out, ["iou"])
+    check_png(out)
+    top, bottom = saved_figures[0].axes
+    assert top.get_title() == "test split: iou" and bottom.get_title() == "other_lab: iou"
+    heights = [sorted(ax.patches, key=lambda bar: bar.get_x())[0].get_height() for ax in (top, bottom)]
+    assert heights == pytest.approx([0.61, 0.305])
+    # the test-split figure and the speed/accuracy points ignore the external rows
+    plot_metric_bars(long, tmp_path / "bars.png", ["iou"])
+    assert sorted(saved_figures[1].axes[0].patches, key=lambda bar: bar.get_x())[0].get_height() == pytest.approx(0.61)
 
 
 def speed_frame() -> pd.DataFrame:

@@ -44,7 +44,7 @@ def row(summary: pd.DataFrame, model: str, condition: str, metric: str) -> pd.Se
 def test_mean_sd_and_seed_columns():
     s = summarize(long_frame())
     assert list(s.columns) == [
-        "model", "condition", "metric", "n_seeds", "mean", "sd",
+        "dataset", "model", "condition", "metric", "n_seeds", "mean", "sd",
         "delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "n_pairs",
         "seed_0", "seed_1", "seed_2",
     ]  # fmt: skip
@@ -251,9 +251,9 @@ def test_read_long_tables(tmp_path):
     long.iloc[:5].assign(extra="x").to_csv(a, index=False)
     long.iloc[5:].to_csv(b, index=False)
     got = read_long_tables([a, str(b)])
-    assert list(got.columns) == LONG_COLUMNS
-    pd.testing.assert_frame_equal(got, long, check_dtype=False)
-    assert list(read_long_tables([]).columns) == LONG_COLUMNS
+    assert list(got.columns) == ["dataset", *LONG_COLUMNS] and (got["dataset"] == "test").all()
+    pd.testing.assert_frame_equal(got[LONG_COLUMNS], long, check_dtype=False)
+    assert list(read_long_tables([]).columns) == ["dataset", *LONG_COLUMNS]
 
 
 def test_read_long_tables_bad_columns_names_file(tmp_path):
@@ -268,3 +268,20 @@ def test_read_long_tables_bad_columns_names_file(tmp_path):
     long_frame().assign(value="oops").to_csv(notnum, index=False)
     with pytest.raises(ValueError, match="notnum.csv"):
         read_long_tables([notnum])
+
+
+def test_each_dataset_is_summarised_and_compared_on_its_own():
+    test = long_frame()
+    external = long_frame().assign(dataset="other_lab", value=lambda f: f["value"] - 0.1)
+    # the external set's expanded student is compared with the baseline on the same set
+    external.loc[(external.condition == "expanded") & (external.metric == "iou"), "value"] += 0.1
+    summary = summarize(pd.concat([test, external], ignore_index=True))
+    assert summary["dataset"].tolist()[:1] == ["test"] and set(summary["dataset"]) == {"test", "other_lab"}
+    outside = summary[summary["dataset"] == "other_lab"].set_index(["condition", "metric"])
+    assert outside.loc[("baseline", "iou"), "mean"] == pytest.approx(0.50)
+    assert outside.loc[("expanded", "iou"), "delta_mean"] == pytest.approx(0.15)
+    inside = summary[summary["dataset"] == "test"].set_index(["condition", "metric"])
+    assert inside.loc[("expanded", "iou"), "delta_mean"] == pytest.approx(0.05)
+    text = to_markdown(summary)
+    assert text.index("### Test split") < text.index("### External set: other_lab")
+    assert text.count("| model | condition | metric |") == 2 and text.count("Δ: paired difference") == 1

@@ -12,12 +12,14 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 import yaml
 
-from conftest import REPO, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
+from conftest import REPO, SHARED_DATA, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
 from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.workflow
 FIGURES = ["metrics.png", "speed_accuracy.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
 STUDENTS = {"baseline", "joint", "expanded", "ensemble_distilled", "pseudo_labelled", "feature_distilled"}
 PIXEL_METRICS = {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
+OBJECT_METRICS = {"object_f1", "pq", "count_mae"}
 COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 
@@ -38,10 +41,46 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     return result
 
 
+# The demo run also scores every network on an external labelled set (real EM, other sizes
+# than the synthetic training images) and segments a folder of new images with one student.
+DEMO = merged(TINY, {
+    "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
+    "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded"], "seeds": [0],
+                 "probability": "uint8"}],
+})
+NEW_IMAGES = {"mitochondria1.tiff": (138, 224), "mitochondria2.tiff": (224, 224), "pan_seg.png": (256, 256)}
+
+
+def copy_external_inputs(workdir: Path) -> None:
+    """The demo's external set (the real-EM fixture's cem_examples: 138x224 and 224x224
+    images, instance masks) and new images (TIFF and PNG); a generated set if the fixture
+    is missing."""
+    from PIL import Image
+
+    from emkt.synthetic import generate_labelled_set
+
+    external = workdir / "external" / "em_mito_mini"
+    source = SHARED_DATA / "cem_mitolab"
+    if source.is_dir():
+        shutil.copytree(source / "cem_examples", external / "cem_examples")
+        images = {name: source / folder / "images" / name.replace(".png", ".tiff")
+                  for name, folder in zip(NEW_IMAGES, ["cem_examples", "cem_examples", "empanada_panoptic"])}
+    else:
+        generated = generate_labelled_set(external, 1, 5, (70, 90), seed=9)
+        images = {f"{k}.tiff": path for k, path in enumerate(generated[:3])}
+    (workdir / "new_images").mkdir()
+    for name, path in images.items():
+        if name.endswith(".png"):
+            Image.fromarray(tifffile.imread(path)).save(workdir / "new_images" / name)
+        else:
+            shutil.copy(path, workdir / "new_images" / name)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("demo_dag")
-    snakemake(workdir, TINY)
+    copy_external_inputs(workdir)
+    snakemake(workdir, DEMO)
     return workdir
 
 
@@ -103,14 +142,26 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert {p.name for p in (results / "store" / "pool").iterdir()} == {
         "shard-00000.npy", "shard-00000.origin.npy", "shard-00001.npy", "shard-00001.origin.npy"}
     summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert set(summary["dataset"]) == {"test", "em_mito_mini"}
+    external, summary = summary[summary["dataset"] == "em_mito_mini"], summary[summary["dataset"] == "test"]
     students = summary[summary["model"] == "student"]
     assert set(students["condition"]) == STUDENTS
-    assert set(students["metric"]) == PIXEL_METRICS | COST_METRICS | {"iou_vs_teacher", "count_diff_vs_teacher"}
+    assert set(students["metric"]) == (PIXEL_METRICS | OBJECT_METRICS | COST_METRICS
+                                       | {"iou_vs_teacher", "count_diff_vs_teacher"})
     assert set(students[students["metric"] == "iou_vs_teacher"]["condition"]) == {"feature_distilled"}
     assert (students["n_seeds"] == 2).all() and {"seed_0", "seed_1"} <= set(summary.columns)
+    assert students[students["metric"].isin(OBJECT_METRICS)]["mean"].notna().all()
     references = summary[summary["model"] == "reference"]
     assert set(references["condition"]) == {"unet", "basicunet", "ensemble"}
-    assert set(references["metric"]) == PIXEL_METRICS | COST_METRICS
+    assert set(references["metric"]) == PIXEL_METRICS | OBJECT_METRICS | COST_METRICS
+    # Every network of every seed on the external set, compared with the baseline on it.
+    assert set(zip(external["model"], external["condition"])) == \
+        {("student", c) for c in STUDENTS} | {("reference", c) for c in ("unet", "basicunet", "ensemble")}
+    assert set(external["metric"]) == PIXEL_METRICS | OBJECT_METRICS and (external["n_seeds"] == 2).all()
+    assert external[external["condition"] != "baseline"]["n_pairs"].eq(2).all()
+    assert external[external["metric"].isin(["iou", "object_f1", "pq"])]["mean"].between(0, 1).all()
+    per_image = pd.read_csv(results / "eval" / "external" / "em_mito_mini" / "student_expanded_1_per_image.csv")
+    assert len(per_image) == 5 and {"iou", "object_f1", "objects_true", "objects_predicted"} <= set(per_image.columns)
     # The small student is smaller than its teacher (the baseline), and both were timed.
     cost = summary[summary["metric"].isin(COST_METRICS)].set_index(["condition", "metric"])["mean"]
     assert cost["feature_distilled", "parameters"] < cost["baseline", "parameters"]
@@ -126,6 +177,8 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert iou["mean"].between(0, 1).all()
     markdown = (results / "tables" / "summary.md").read_text()
     assert "| student | baseline | iou |" in markdown and "| reference | ensemble | iou |" in markdown
+    assert markdown.index("### Test split") < markdown.index("### External set: em_mito_mini")
+    assert (results / "figures" / "datasets.png").stat().st_size > 10_000
     assert "p (paired t)" in markdown
     for figure in FIGURES:
         assert (results / "figures" / figure).stat().st_size > 10_000
@@ -146,20 +199,36 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert "epoch 2/2" in (results / "logs" / "expand_student" / "0.log").read_text()
 
 
+def test_demo_run_segments_the_new_images_folder(demo_run):
+    out = demo_run / "results" / "predictions" / "new_images" / "expanded_0"
+    table = pd.read_csv(out / "predictions.csv")
+    assert (table["status"] == "ok").all() and len(table) == len(NEW_IMAGES)
+    for name, shape in NEW_IMAGES.items():
+        stem = Path(name).stem
+        prob = tifffile.imread(out / "probability" / f"{stem}.tiff")
+        mask = tifffile.imread(out / "mask" / f"{stem}.tiff")
+        instances = tifffile.imread(out / "instances" / f"{stem}.tiff")
+        assert prob.shape == mask.shape == instances.shape == shape
+        assert prob.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}  # probability: uint8 in the config
+        assert not (instances[mask == 0] > 0).any()
+    assert "images/s" in (demo_run / "results" / "logs" / "predict_images" / "new_images" / "expanded_0.log").read_text()
+
+
 def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_run):
     models = demo_run / "results" / "models"
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     (models / "student_expanded_1.pth").touch()
-    dry = snakemake(demo_run, TINY, "-n")
+    dry = snakemake(demo_run, DEMO, "-n")
     jobs = job_stats(dry.stdout + dry.stderr)
     assert not TRAINING_RULES & set(jobs)
-    assert jobs == Counter({"evaluate_model": 1, "evaluate_teacher": 2, "aggregate": 1, "plot_metrics": 1,
-                            "plot_speed_accuracy": 1, "plot_teacher_scatter": 1, "all": 1})
-    snakemake(demo_run, TINY)
+    assert jobs == Counter({"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": 2, "aggregate": 1,
+                            "plot_metrics": 1, "plot_speed_accuracy": 1, "plot_teacher_scatter": 1,
+                            "plot_datasets": 1, "all": 1})
+    snakemake(demo_run, DEMO)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     assert {k: v for k, v in after.items() if k != "student_expanded_1.pth"} == \
         {k: v for k, v in before.items() if k != "student_expanded_1.pth"}
-    again = snakemake(demo_run, TINY, "-n")
+    again = snakemake(demo_run, DEMO, "-n")
     assert "nothing to be done" in (again.stdout + again.stderr).lower()
 
 
@@ -199,10 +268,10 @@ FIXTURE_RUN = merged(TINY_EXPANSION, {
 
 
 def test_html_report_holds_the_figures_table_and_captions(demo_run):
-    snakemake(demo_run, TINY, "--report", "report.html")
+    snakemake(demo_run, DEMO, "--report", "report.html")
     html = (demo_run / "report.html").read_text()
     assert len(html) > 100_000  # figures are embedded: the report is self-contained
-    for name in ["summary.csv", "excluded.csv", *FIGURES]:
+    for name in ["summary.csv", "excluded.csv", "datasets.png", *FIGURES]:
         assert name in html, name
     for caption in (REPO / "workflow" / "report").glob("*.rst"):
         # the caption's opening plain words (markup renders differently)
@@ -219,7 +288,7 @@ def test_packing_interrupted_after_one_shard_repacks_only_the_missing_one(demo_r
     for path in lost:
         path.unlink()
     try:
-        dry = snakemake(demo_run, TINY, "-n", "results/store/pool.json")
+        dry = snakemake(demo_run, DEMO, "-n", "results/store/pool.json")
         jobs = job_stats(dry.stdout + dry.stderr)
         assert jobs["pack_pool_shard"] == 1 and jobs["store_manifest"] == 1
         assert not {"pack_labelled_shard", "index_data", "split_data", "joint_train"} & set(jobs)

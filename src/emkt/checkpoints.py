@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from . import distributed
 from . import __version__
-from .models import EnsembleSegmenter, build_segmenter, build_student, build_teacher
+from .models import (SEGMENTER_TYPES, EnsembleSegmenter, LossPredictor, ViTSegmenter, build_segmenter,
+                     build_student, build_teacher)
 from .files import atomic_path
 
 FORMAT_VERSION = 1
@@ -20,6 +22,11 @@ KINDS = ("student", "teacher", "segmenter", "ensemble")
 # Kinds that map an image to foreground logits: what evaluation and prediction accept.
 SEGMENTATION_KINDS = ("student", "segmenter", "ensemble")
 NORMALISATION = "per-image z-score of the grey values"
+# Keys every checkpoint of FORMAT_VERSION holds (emkt_version and extra are informative only).
+REQUIRED_KEYS = ("format_version", "kind", "arch", "input_size", "normalisation", "state_dict")
+# A segmenter's arch is its config entry of 'segmenters': 'epochs' is a training setting kept
+# with it, 'depth' defaults to 5 levels.
+SEGMENTER_ARCH_KEYS = {"required": ("type", "width"), "optional": ("depth", "epochs")}
 
 
 def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_size: int,
@@ -46,17 +53,94 @@ def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint and check that it is one this version can rebuild."""
+    """Read a checkpoint and check that this version can rebuild it and feed it the inputs it
+    was trained on: format, keys, normalisation and architecture (see ``check_checkpoint``)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
-    missing = [k for k in ("format_version", "kind", "arch", "input_size", "state_dict") if k not in payload]
+        raise ValueError(f"{path}: not a readable checkpoint ({_one_line(error)})") from error
+    check_checkpoint(payload, path)
+    return payload
+
+
+def check_checkpoint(payload: Any, path: str | Path = "<checkpoint>") -> None:
+    """ValueError naming ``path`` and the problem unless ``payload`` is a checkpoint of this
+    format with a known kind, this version's normalisation and a complete architecture."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not an emkt checkpoint (holds a {type(payload).__name__}, not a dict)")
+    # The format first: another format may legitimately lack or rename keys.
+    if "format_version" in payload and payload["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {payload['format_version']!r} (written by emkt "
+                         f"{payload.get('emkt_version', 'unknown')}); this emkt {__version__} reads format "
+                         f"{FORMAT_VERSION} only")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks keys {missing}; was it written by emkt?")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {payload['format_version']} is not {FORMAT_VERSION}")
-    return payload
+    if payload["kind"] not in KINDS:
+        raise ValueError(f"{path}: unknown model kind {payload['kind']!r}; allowed: {KINDS}")
+    size = payload["input_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{path}: input_size must be a positive integer, got {size!r}")
+    check_normalisation(payload, path)
+    check_arch(payload["kind"], payload["arch"], path)
+
+
+def check_normalisation(payload: dict, path: str | Path = "<checkpoint>") -> None:
+    """A model sees inputs normalised as in its training, or its predictions mean nothing:
+    ValueError unless the checkpoint's normalisation is the one this version applies."""
+    found = payload.get("normalisation")
+    if found != NORMALISATION:
+        raise ValueError(f"{path}: the model was trained on inputs normalised as {found!r}, but this emkt "
+                         f"{__version__} applies {NORMALISATION!r}; its predictions would be wrong")
+
+
+def arch_keys(kind: str) -> tuple[set[str], set[str]]:
+    """(required, optional) keys of the ``arch`` of a checkpoint kind; for the networks built
+    from keyword arguments they are read off the constructor, so they cannot drift from it."""
+    if kind == "segmenter":
+        return set(SEGMENTER_ARCH_KEYS["required"]), set(SEGMENTER_ARCH_KEYS["optional"])
+    if kind == "ensemble":
+        return {"members"}, set()
+    network = {"student": ViTSegmenter, "teacher": LossPredictor}[kind]
+    parameters = [p for name, p in inspect.signature(network.__init__).parameters.items()
+                  if name not in ("self", "input_size")]
+    return ({p.name for p in parameters if p.default is inspect.Parameter.empty},
+            {p.name for p in parameters if p.default is not inspect.Parameter.empty})
+
+
+def check_arch(kind: str, arch: Any, path: str | Path = "<checkpoint>") -> None:
+    """ValueError naming the file, the kind and the keys when ``arch`` lacks a key its network
+    needs or has one it does not know (instead of a TypeError from deep inside MONAI)."""
+    if not isinstance(arch, dict):
+        raise ValueError(f"{path}: the {kind} arch is a {type(arch).__name__}, not a dict")
+    required, optional = arch_keys(kind)
+    missing, unknown = sorted(required - set(arch)), sorted(set(arch) - required - optional)
+    if missing or unknown:
+        problems = ([f"lacks {missing}"] if missing else []) + ([f"has unknown {unknown}"] if unknown else [])
+        raise ValueError(f"{path}: the {kind} arch {' and '.join(problems)}; a {kind} arch has "
+                         f"{sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
+    if kind == "segmenter" and arch["type"] not in SEGMENTER_TYPES:
+        raise ValueError(f"{path}: unknown segmenter type {arch['type']!r}; allowed: {SEGMENTER_TYPES}")
+    if kind == "ensemble":
+        _check_members(arch["members"], path)
+
+
+def _check_members(members: Any, path: str | Path) -> None:
+    """Each ensemble member is a {kind, arch} of a segmentation network (not an ensemble)."""
+    if not isinstance(members, list) or len(members) < 2:
+        raise ValueError(f"{path}: an ensemble arch needs a list of at least 2 members, got {members!r}")
+    for index, member in enumerate(members):
+        if not isinstance(member, dict) or member.get("kind") not in ("student", "segmenter") or "arch" not in member:
+            raise ValueError(f"{path}: ensemble member {index} must be {{kind: student or segmenter, arch}}, "
+                             f"got {member!r}")
+        check_arch(member["kind"], member["arch"], f"{path} (ensemble member {index})")
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An error message on one line, cut short: some torch errors span many lines (one per
+    mismatched weight), and a report of a bad checkpoint should stay readable."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def build_model(kind: str, arch: dict, input_size: int) -> nn.Module:
@@ -86,6 +170,15 @@ def load_model(path: str | Path, expected_kind: str | tuple[str, ...] | None = N
     accepted = (expected_kind,) if isinstance(expected_kind, str) else expected_kind
     if accepted and payload["kind"] not in accepted:
         raise ValueError(f"{path}: expected a {' or '.join(accepted)} checkpoint, found a {payload['kind']}")
-    model = build_model(payload["kind"], payload["arch"], payload["input_size"])
-    model.load_state_dict(payload["state_dict"])
+    kind = payload["kind"]
+    try:  # values the keys check cannot judge, e.g. a width MONAI rejects
+        model = build_model(kind, payload["arch"], payload["input_size"])
+    except (TypeError, ValueError, KeyError, AssertionError) as error:
+        raise ValueError(f"{path}: cannot build the {kind} from its arch {payload['arch']} and input size "
+                         f"{payload['input_size']} ({_one_line(error)})") from error
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: the weights do not fit the {kind} its arch describes "
+                         f"({_one_line(error)})") from error
     return model, payload

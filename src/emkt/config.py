@@ -89,7 +89,63 @@ def _semantic_problems(config: dict) -> list[str]:
                         f"'input_size' = {size} (expansion crops input_size windows from pool tiles)")
     if len(set(config["seeds"])) != len(config["seeds"]):
         problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
-    return problems + _condition_problems(config) + _distributed_problems(config)
+    return problems + _condition_problems(config) + _distributed_problems(config) + _output_set_problems(config)
+
+
+# The student rows of the summary table that each condition adds (baseline is always there).
+CONDITION_STUDENTS = {
+    "expansion": ["joint", "expanded"],
+    "ensemble_distillation": ["ensemble_distilled"],
+    "pseudo_label": ["pseudo_labelled"],
+    "feature_distillation": ["feature_distilled"],
+}
+
+
+def student_rows(config: dict) -> list[str]:
+    """Every student of the listed conditions, in the order of the conditions list."""
+    return ["baseline", *(row for c in config["conditions"] for row in CONDITION_STUDENTS.get(c, []))]
+
+
+def networks_used(config: dict) -> list[str]:
+    """Names of the networks the listed conditions learn from: 'baseline', 'ensemble' or segmenters."""
+    conditions, members = config["conditions"], config["ensemble_distillation"]["members"]
+    used = []
+    if "ensemble_distillation" in conditions:
+        used += [*members, "ensemble"]
+    if "pseudo_label" in conditions:
+        teacher = config["pseudo_label"]["teacher"]
+        used += ["ensemble", *members] if teacher == "ensemble" else [teacher]
+    if "feature_distillation" in conditions:
+        used.append(config["feature_distillation"]["teacher"])
+    return list(dict.fromkeys(used))
+
+
+def reference_networks(config: dict) -> list[str]:
+    """The reference rows: segmenters and the ensemble that some listed condition uses."""
+    return [name for name in networks_used(config) if name != "baseline"]
+
+
+def _output_set_problems(config: dict) -> list[str]:
+    """External sets and prediction folders need distinct names, and prediction only names
+    networks and seeds that the config trains."""
+    problems = []
+    for key in ("external_test", "predict"):
+        names = [entry["name"] for entry in config[key]]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            problems.append(f"config key '{key}' uses the name(s) {repeated} more than once")
+    if any(entry["name"] == "test" for entry in config["external_test"]):
+        problems.append("config key 'external_test' names a set 'test', the name of the test split; choose another")
+    trained = student_rows(config) + reference_networks(config)
+    for k, entry in enumerate(config["predict"]):
+        unknown = [name for name in entry["networks"] if name not in trained]
+        if unknown:
+            problems.append(f"config key 'predict.{k}.networks' names {unknown}, which the listed conditions do "
+                            f"not train; allowed: {trained}")
+        untrained = [seed for seed in entry.get("seeds") or [] if seed not in config["seeds"]]
+        if untrained:
+            problems.append(f"config key 'predict.{k}.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
+    return problems
 
 
 def _distributed_problems(config: dict) -> list[str]:

@@ -19,6 +19,8 @@ import pandas as pd
 import tifffile
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+# What prediction of new images reads: TIFF, and PNG/JPEG (converted to grey as TIFFs are).
+PREDICTION_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
 SPLIT_GROUPINGS = ("none", "source")
 
@@ -95,6 +97,18 @@ def to_labels(array: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
     if array.min() < 0:
         raise ConversionError(f"{path}: mask holds negative labels", "not_labels")
     return array
+
+
+def find_images(folder: str | Path, recursive: bool = False, suffixes: tuple[str, ...] = PREDICTION_SUFFIXES) -> list[Path]:
+    """Image files (``suffixes``, any case) in ``folder``, or its whole tree when ``recursive``,
+    sorted; hidden files and folders (names starting with '.') are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates
+                  if p.suffix.lower() in suffixes and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -228,13 +242,46 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
     return [a[top:top + size, left:left + size] for a in arrays]
 
 
+def ground_truth_instances(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Instance labels (int32, 0 = background and unlabelled) of a mask for object metrics.
+
+    CEM-MitoLab masks hold one id per mitochondrion. A binary mask (ids 0 and 1 only) holds
+    no instances, so its 8-connected components stand in for them.
+    """
+    labels = np.where(valid > 0, labels, 0)
+    if labels.max(initial=0) <= 1:
+        from scipy import ndimage
+
+        labels = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=int))[0]
+    return labels.astype(np.int32)
+
+
+def whole_image_item(name: str, source: str, image: np.ndarray, labels: np.ndarray,
+                     ignore_label: int | None) -> dict:
+    """One image to validate or test on: name, source, the normalised image, its binary mask,
+    valid map (uint8 {0, 1}; pixels labelled ``ignore_label`` are neither valid nor
+    foreground) and ground-truth instances."""
+    mask, valid = masks_from_labels(labels, ignore_label)
+    return {"name": name, "source": source, "image": normalise_image(image), "mask": mask, "valid": valid,
+            "instances": ground_truth_instances(labels, valid)}
+
+
 def load_whole_images(table: pd.DataFrame, store, ignore_label: int | None = None) -> list[dict]:
-    """Whole normalised images with binary masks for validation and testing, from the
-    labelled store by the split's ids: name, source, image, mask, valid (uint8 {0, 1};
-    pixels labelled ``ignore_label`` are not valid and not foreground)."""
+    """Whole images of a split (``whole_image_item``), from the labelled store by the split's ids."""
+    return [whole_image_item(f"{row.source}/{Path(row.path).name}", row.source, store.image(row.id),
+                             store.labels(row.id), ignore_label)
+            for row in table.itertuples()]
+
+
+def load_folder_images(index: pd.DataFrame, ignore_label: int | None = None) -> list[dict]:
+    """Whole images (``whole_image_item``) read from the files an index lists (``path``,
+    ``mask``, ``source``: emkt.indexing.build_index), converted as the store converts them;
+    how external labelled sets are read, without packing them."""
     items = []
-    for row in table.itertuples():
-        mask, valid = masks_from_labels(store.labels(row.id), ignore_label)
-        items.append({"name": f"{row.source}/{Path(row.path).name}", "source": row.source,
-                      "image": normalise_image(store.image(row.id)), "mask": mask, "valid": valid})
+    for row in index.itertuples():
+        image, _ = to_grey_uint8(read_tiff(row.path), row.path)
+        labels = to_labels(read_tiff(row.mask), row.mask)
+        if labels.shape != image.shape:
+            raise DataFileError(f"{row.mask}: mask shape {labels.shape} differs from its image's {image.shape}")
+        items.append(whole_image_item(f"{row.source}/{Path(row.path).name}", row.source, image, labels, ignore_label))
     return items

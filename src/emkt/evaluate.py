@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .losses import per_image_bce
-from .metrics import SegmentationMeter, teacher_agreement
+from .metrics import InstanceMeter, SegmentationMeter, teacher_agreement
 from .predict import sliding_window
 from .store import edge_flush_starts
 
@@ -28,10 +28,23 @@ def predict_probability(model: nn.Module, image: np.ndarray, input_size: int, ov
 
 def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,
                        batch_size: int, device: torch.device, threshold: float = 0.5,
-                       num_bins: int = 15) -> tuple[dict[str, float], pd.DataFrame, list[np.ndarray]]:
-    """Pooled metrics, per-image metrics and the probability maps of ``items`` (whole images)."""
+                       num_bins: int = 15, min_object_size: int = 0
+                       ) -> tuple[dict[str, float], pd.DataFrame, list[np.ndarray]]:
+    """Pooled metrics, per-image metrics and the probability maps of ``items`` (whole images):
+    pixel and calibration metrics, and object metrics of the instances the probability maps
+    give (``min_object_size``: smaller predicted objects are dropped, as in prediction)."""
     meter, probs = score_segmenter(model, items, input_size, overlap, batch_size, device, threshold, num_bins)
-    return meter.compute(), meter.per_image(), probs
+    objects = score_instances(items, probs, threshold, min_object_size)
+    per_image = meter.per_image().merge(objects.per_image(), on="name", how="left", validate="one_to_one")
+    return {**meter.compute(), **objects.compute()}, per_image, probs
+
+
+def score_instances(items: list[dict], probs: list[np.ndarray], threshold: float, min_object_size: int) -> InstanceMeter:
+    """An InstanceMeter that has matched each probability map's objects to its item's instances."""
+    meter = InstanceMeter(threshold=threshold, min_size=min_object_size)
+    for item, prob in zip(items, probs):
+        meter.update(prob, item["instances"], item.get("valid"), name=item["name"])
+    return meter
 
 
 def score_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,

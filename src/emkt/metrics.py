@@ -25,7 +25,11 @@ import torch
 from monai.metrics import calibration_binning, get_confusion_matrix
 from scipy import stats
 
-__all__ = ["SegmentationMeter", "segmentation_scores", "teacher_agreement"]
+__all__ = ["InstanceMeter", "SegmentationMeter", "instance_scores", "instances_from_probability",
+           "segmentation_scores", "teacher_agreement"]
+
+# A predicted object matches a true one at IoU >= 0.5 (object F1 "at 0.5", as in panoptic quality).
+MATCH_IOU = 0.5
 
 
 def _ratio(num: float, den: float, empty: float) -> float:
@@ -253,7 +257,7 @@ def instances_from_probability(prob: np.ndarray, threshold: float = 0.5, min_siz
 
 
 def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
-                    iou_threshold: float = 0.5) -> dict[str, float]:
+                    iou_threshold: float = MATCH_IOU) -> dict[str, float]:
     """Object-level agreement of two instance label images (0 = background).
 
     Objects are matched one-to-one by the Hungarian method on their IoU; a pair counts as a
@@ -294,3 +298,47 @@ def instance_summary(tp: float, fp: float, fn: float, iou_sum: float) -> dict[st
     if tp + fp + fn == 0:
         return {"object_f1": 1.0, "pq": 1.0}
     return {"object_f1": 2 * tp / (2 * tp + fp + fn), "pq": iou_sum / (tp + 0.5 * fp + 0.5 * fn)}
+
+
+class InstanceMeter:
+    """Object F1 and panoptic quality over many images, as users count mitochondria.
+
+    Each probability map becomes instances (``instances_from_probability``: threshold, then
+    8-connected components without those below ``min_size`` pixels) that are matched to the
+    ground-truth instances (``instance_scores``). ``compute()`` pools the matches of all
+    images (PQ over a data set, not a mean of per-image PQ); ``per_image()`` has one row each.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_size: int = 0, iou_threshold: float = MATCH_IOU) -> None:
+        self.threshold, self.min_size, self.iou_threshold = float(threshold), int(min_size), float(iou_threshold)
+        self._counts = np.zeros(4, dtype=np.float64)  # tp, fp, fn, iou_sum
+        self._rows: list[dict[str, float | str]] = []
+
+    def update(self, prob: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, name: str | None = None) -> None:
+        """Add one image: its probability map and ground-truth instance labels (0 = background)."""
+        pred = instances_from_probability(prob, self.threshold, self.min_size)
+        scores = instance_scores(pred, gt, valid, self.iou_threshold)
+        self._counts += [scores["tp"], scores["fp"], scores["fn"], scores["iou_sum"]]
+        self._rows.append({"name": name or f"image_{len(self._rows)}",
+                           "objects_true": scores["tp"] + scores["fn"], "objects_predicted": scores["tp"] + scores["fp"],
+                           "object_f1": scores["object_f1"], "pq": scores["pq"]})
+
+    def merge(self, other: InstanceMeter) -> InstanceMeter:
+        """Add another meter's images (same settings), e.g. another process's share. Returns self."""
+        if (other.threshold, other.min_size, other.iou_threshold) != (self.threshold, self.min_size, self.iou_threshold):
+            raise ValueError("cannot merge instance meters with different settings")
+        self._counts += other._counts
+        self._rows.extend(other._rows)
+        return self
+
+    def compute(self) -> dict[str, float]:
+        """Pooled ``object_f1`` and ``pq``, and the mean absolute error of the object count per image."""
+        if not self._rows:
+            raise RuntimeError("InstanceMeter.compute() called before any update()")
+        rows = pd.DataFrame(self._rows)
+        count_error = float((rows["objects_predicted"] - rows["objects_true"]).abs().mean())
+        return {**instance_summary(*self._counts), "count_mae": count_error}
+
+    def per_image(self) -> pd.DataFrame:
+        """One row per image: name, objects_true, objects_predicted, object_f1, pq."""
+        return pd.DataFrame(self._rows, columns=["name", "objects_true", "objects_predicted", "object_f1", "pq"])

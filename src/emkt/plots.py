@@ -21,8 +21,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from emkt.metrics import SegmentationMeter, teacher_agreement  # noqa: E402
+from emkt.tables import DATASET, TEST_SET, with_dataset  # noqa: E402
 
 __all__ = [
+    "plot_dataset_bars",
     "plot_metric_bars",
     "plot_prediction_panel",
     "plot_speed_accuracy",
@@ -89,7 +91,7 @@ def _kind_legend(ax: plt.Axes, models: set, bars: bool) -> None:
 
 
 def plot_metric_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
-    """Students and reference networks from the long format: one subplot per metric, one bar
+    """Students and reference networks on the test split: one subplot per metric, one bar
     per (model, condition).
 
     Bars are the mean over seeds, error bars the sd (none with one seed), and each seed is a
@@ -97,41 +99,70 @@ def plot_metric_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
     in order of first appearance; teacher rows are not drawn. NaN values are skipped and a
     condition without the metric leaves its slot empty.
     """
+    _plot_bar_grid(test_split(long), out, metrics, [None])
+
+
+def plot_dataset_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
+    """As ``plot_metric_bars``, one row of subplots per data set: the test split, then each
+    external set, so a condition's transfer to other microscopes reads down a column."""
+    long = with_dataset(long)
+    _plot_bar_grid(long, out, metrics, _datasets(long))
+
+
+def _datasets(long: pd.DataFrame) -> list[str]:
+    names = list(pd.unique(long[DATASET]))
+    return [TEST_SET, *(n for n in names if n != TEST_SET)] if TEST_SET in names else names
+
+
+def test_split(long: pd.DataFrame) -> pd.DataFrame:
+    """The test split's rows (all rows of a table without a ``dataset`` column)."""
+    return long[long[DATASET] == TEST_SET] if DATASET in long.columns else long
+
+
+def _plot_bar_grid(long: pd.DataFrame, out: Path, metrics: list[str], datasets: list[str | None]) -> None:
     groups = network_order(long)
     nets = _networks(long)
     colours = _colours(groups)
     rng = np.random.default_rng(0)  # fixed jitter: identical inputs give identical figures
     n = max(len(metrics), 1)
     width = max(3.5, 0.9 * len(groups) + 1.5)
-    fig, axes = plt.subplots(1, n, figsize=(width * n, 4), squeeze=False)
-    legend_done = False
-    for ax, metric in zip(axes[0], metrics):
-        ax.set_title(metric)
-        sub = nets[nets["metric"] == metric]
-        if sub.empty:
-            _no_data(ax)
-            continue
-        for i, (model, condition) in enumerate(groups):
-            mask = (sub["model"] == model) & (sub["condition"] == condition)
-            values = sub.loc[mask, "value"].to_numpy(dtype=float)
-            if values.size == 0:
-                continue
-            sd = values.std(ddof=1) if values.size > 1 else 0.0
-            ax.bar(i, values.mean(), width=0.6, color=colours[(model, condition)], alpha=0.6,
-                   hatch=HATCH[model], yerr=sd, capsize=4, edgecolor="black",
-                   linewidth=0.5)  # fmt: skip
-            jitter = rng.uniform(-0.15, 0.15, values.size)
-            ax.scatter(i + jitter, values, color="black", s=14, zorder=3)
-        ax.set_xticks(np.arange(len(groups)))
-        ax.set_xticklabels([c for _, c in groups], rotation=30, ha="right")
-        ax.grid(axis="y", alpha=0.3)
-        if not legend_done:
-            _kind_legend(ax, {m for m, _ in groups}, bars=True)
-            legend_done = True
-    if not metrics:
-        _no_data(axes[0, 0], "no metrics requested")
+    fig, axes = plt.subplots(len(datasets), n, figsize=(width * n, 4 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        rows = nets if dataset is None else nets[nets[DATASET] == dataset]
+        for ax, metric in zip(row, metrics):
+            ax.set_title(metric if dataset is None else f"{_dataset_label(dataset)}: {metric}")
+            _metric_bars(ax, rows[rows["metric"] == metric], groups, colours, rng)
+        if not metrics:
+            _no_data(row[0], "no metrics requested")
+    _kind_legend(axes[0, 0], {m for m, _ in groups}, bars=True)
     fig.tight_layout()
     _save(fig, out)
+
+
+def _dataset_label(dataset: str) -> str:
+    return "test split" if dataset == TEST_SET else dataset
+
+
+def _metric_bars(ax: plt.Axes, sub: pd.DataFrame, groups: list[tuple[str, str]], colours: dict,
+                 rng: np.random.Generator) -> None:
+    """One metric's bars (mean, sd) and per-seed points, one slot per (model, condition)."""
+    if sub.empty:
+        _no_data(ax)
+        return
+    for i, (model, condition) in enumerate(groups):
+        mask = (sub["model"] == model) & (sub["condition"] == condition)
+        values = sub.loc[mask, "value"].to_numpy(dtype=float)
+        if values.size == 0:
+            continue
+        sd = values.std(ddof=1) if values.size > 1 else 0.0
+        ax.bar(i, values.mean(), width=0.6, color=colours[(model, condition)], alpha=0.6,
+               hatch=HATCH[model], yerr=sd, capsize=4, edgecolor="black",
+               linewidth=0.5)  # fmt: skip
+        jitter = rng.uniform(-0.15, 0.15, values.size)
+        ax.scatter(i + jitter, values, color="black", s=14, zorder=3)
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([c for _, c in groups], rotation=30, ha="right")
+    ax.grid(axis="y", alpha=0.3)
 
 
 def speed_accuracy_points(long: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -140,8 +171,9 @@ def speed_accuracy_points(long: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     Columns: ``model, condition``, ``x_mean, x_sd, y_mean, y_sd`` (mean and sd over the
     finite seed values of metric ``x`` and ``y``; sd NaN with one seed). Rows lacking either
     metric, or with a non-positive mean ``x`` (not drawable on a log axis), are left out.
-    Ordered as ``network_order``.
+    Ordered as ``network_order``. Only the test split counts (where the costs are measured).
     """
+    long = test_split(long)
     nets = _networks(long)
     per_metric = (
         nets[nets["metric"].isin([x, y])]

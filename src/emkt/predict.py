@@ -1,21 +1,35 @@
 """Applying trained segmenters to images: pseudo-labels of the pool, soft labels of an
-ensemble. Both use the evaluation's sliding-window inference and normalisation."""
+ensemble, and segmentations of a user's own images (``predict_folder``, the command
+``python -m emkt predict``). All use the evaluation's sliding-window inference and normalisation."""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import pandas as pd
+import tifffile
 import torch
 from monai.inferers import sliding_window_inference
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from .data import normalise_image
+from .checkpoints import check_normalisation
+from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, normalise_image, read_tiff,
+                   to_grey_uint8)
 from .files import atomic_path
+from .metrics import instances_from_probability
 from .models import EnsembleSegmenter
 from .store import MEAN_SCALE, StoreError, _npy_layout, quantise_probability
+
+log = logging.getLogger("emkt")
 
 
 @torch.no_grad()
@@ -72,3 +86,269 @@ def soft_labels(ensemble: EnsembleSegmenter, images: Sequence[tuple[int, np.ndar
     for image_id, image in images:
         maps = sliding_window(predictor, image[None], input_size, overlap, batch_size, device)[0].numpy()
         yield image_id, maps[0], maps[1]
+
+
+# --- Segmenting a folder of new images -------------------------------------------------------
+
+IMAGE_SUFFIXES = PREDICTION_SUFFIXES
+OUTPUT_FOLDERS = ("probability", "mask", "instances")
+PROBABILITY_FORMATS = ("float32", "uint8")
+# Images waiting for others of their shape hold at most this many pixels (64 MB as uint8),
+# and one sliding-window call gets at most this many: batching is for many small images,
+# a large image fills the accelerator on its own.
+MAX_BATCH_PIXELS = 2**24
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What ``predict_folder`` did: images predicted now, files skipped as unreadable, images
+    whose outputs an earlier run left (``resume``), and the throughput of the predicted ones."""
+
+    images: int
+    skipped: int
+    resumed: int
+    megapixels: float
+    seconds: float
+    images_per_s: float
+    megapixels_per_s: float
+    device: str
+
+    def __str__(self) -> str:
+        text = (f"{self.images} images ({self.megapixels:.1f} Mpx) in {self.seconds:.1f} s: "
+                f"{self.images_per_s:.2f} images/s, {self.megapixels_per_s:.2f} Mpx/s on {self.device}")
+        extra = [f"{n} {what}" for n, what in ((self.resumed, "resumed"), (self.skipped, "skipped")) if n]
+        return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass
+class _Job:
+    """One input file: where it is, its output name (relative, .tiff) and, once read, its pixels."""
+
+    source: Path
+    name: Path
+    image: np.ndarray | None = None
+
+
+def read_any_image(path: str | Path) -> np.ndarray:
+    """A 2D uint8 grey image from a TIFF, PNG or JPEG file, converted as training data is
+    (emkt.data.to_grey_uint8); unreadable or non-2D files raise DataFileError."""
+    path = Path(path)
+    array = read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_with_pillow(path)
+    image, _ = to_grey_uint8(array, path)
+    return image
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    """The pixels of an image Pillow reads; palette and two-channel modes become RGB first, so
+    that to_grey_uint8 sees grey values rather than palette indices."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("1", "L", "RGB", "RGBA", "F") and not image.mode.startswith("I"):
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: file not found") from None
+    except Exception as error:  # Pillow raises several types for truncated, foreign or huge files
+        raise DataFileError(f"{path}: unreadable image ({error})") from error
+
+
+def postprocess(prob: np.ndarray, threshold: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, instances) of a probability map: the mask is uint8 255 where ``prob >= threshold``
+    (0 elsewhere); instances are its 8-connected components of at least ``min_size`` pixels,
+    numbered 1..n (uint16, or uint32 beyond 65535 objects)."""
+    instances = instances_from_probability(prob, threshold, min_size)
+    mask = np.where(np.asarray(prob) >= threshold, 255, 0).astype(np.uint8)
+    dtype = np.uint16 if instances.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    return mask, instances.astype(dtype)
+
+
+def encode_probability(prob: np.ndarray, probability: str) -> np.ndarray:
+    """float32 in [0, 1], or uint8 round(p * 255) (a quarter of the size, the pool's pseudo-label scale)."""
+    if probability == "uint8":
+        return quantise_probability(prob, 255.0)
+    return np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
+
+
+def output_paths(output_dir: str | Path, name: str | Path) -> dict[str, Path]:
+    """Where the probability, mask and instances of an image named ``name`` (relative, .tiff) go."""
+    return {folder: Path(output_dir) / folder / name for folder in OUTPUT_FOLDERS}
+
+
+def batches_by_shape(items: Iterable[T], shape: Callable[[T], tuple[int, ...]], batch_size: int,
+                     max_pixels: int = MAX_BATCH_PIXELS) -> Iterator[list[T]]:
+    """Lists of same-shaped items, each at most ``batch_size`` items and ``max_pixels`` pixels
+    (but at least one item), streamed: items wait for others of their shape only while all
+    waiting items hold at most ``max_pixels`` pixels, so memory stays bounded."""
+    waiting: dict[tuple[int, ...], list[T]] = {}
+    for item in items:
+        key = tuple(shape(item))
+        group = waiting.setdefault(key, [])
+        group.append(item)
+        if len(group) >= batch_size or (len(group) + 1) * math.prod(key) > max_pixels:
+            yield waiting.pop(key)
+        while sum(len(g) * math.prod(k) for k, g in waiting.items()) > max_pixels:
+            # Over budget: send the group holding the most pixels rather than wait longer.
+            yield waiting.pop(max(waiting, key=lambda k: len(waiting[k]) * math.prod(k)))
+    yield from waiting.values()
+
+
+def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, output_dir: str | Path, *,
+                   threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
+                   device: torch.device | str = "cpu", probability: str = "float32", recursive: bool = False,
+                   resume: bool = False) -> PredictionSummary:
+    """Segment every image of ``input_dir`` with ``model`` (from ``checkpoint``, as load_model returns).
+
+    Writes, per image (its path relative to ``input_dir``, suffix .tiff: ``output_names``), the probability
+    (``probability``: float32 or uint8 p*255), the binary mask (uint8 0/255, ``prob >= threshold``)
+    and the instances (8-connected components of at least ``min_size`` pixels) under
+    ``output_dir``/probability, /mask and /instances, each atomically; and ``predictions.csv``,
+    one row per input file. Unreadable files are skipped with a warning and listed there;
+    ``resume`` keeps images whose three outputs exist. Returns (and logs) the throughput.
+    """
+    _check_settings(threshold, min_size, overlap, batch_size, probability)
+    check_normalisation(checkpoint)  # inputs are z-scored per image, as in training
+    input_dir, output_dir, device = Path(input_dir), Path(output_dir), torch.device(device)
+    jobs, rows = _plan_jobs(input_dir, output_dir, recursive)
+    model = model.to(device).eval()
+    pixels: list[int] = []  # of each image predicted now (the images themselves are not kept)
+    start = time.perf_counter()
+    with tqdm(total=len(jobs) + len(rows), desc="predict", unit="image") as progress, torch.inference_mode():
+        def record(job: _Job, row: dict) -> None:
+            rows[job.source] = {"file": job.source.relative_to(input_dir).as_posix(),
+                                "output": job.name.as_posix(), **row}
+            progress.update()
+
+        todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record))]
+        readable = _read_jobs(todo, record)
+        for batch in batches_by_shape(readable, lambda job: job.image.shape, batch_size):
+            probs = predict_tiles(model, np.stack([job.image for job in batch]), checkpoint["input_size"],
+                                  overlap, batch_size, device)
+            for job, prob in zip(batch, probs):
+                record(job, _write_outputs(output_dir, job.name, prob, threshold, min_size, probability))
+                pixels.append(prob.size)
+    summary = _summary(pixels, rows, time.perf_counter() - start, device)
+    _write_table(rows, output_dir / "predictions.csv")
+    if summary.images + summary.resumed == 0:
+        first = next(iter(rows.values()))
+        raise DataFileError(f"{input_dir}: none of its {len(rows)} image files could be read "
+                            f"(e.g. {first['file']}: {first['status']}); see {output_dir / 'predictions.csv'}")
+    log.info("%s", summary)
+    return summary
+
+
+def _check_settings(threshold: float, min_size: int, overlap: float, batch_size: int, probability: str) -> None:
+    """ValueError for a setting out of range, before any work is done."""
+    problems = []
+    if not 0.0 <= threshold <= 1.0:
+        problems.append(f"threshold must be in [0, 1], got {threshold}")
+    if min_size < 0:
+        problems.append(f"min_size must be >= 0 pixels, got {min_size}")
+    if not 0.0 <= overlap < 1.0:
+        problems.append(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size < 1:
+        problems.append(f"batch_size must be >= 1, got {batch_size}")
+    if probability not in PROBABILITY_FORMATS:
+        problems.append(f"probability must be one of {PROBABILITY_FORMATS}, got {probability!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list[_Job], dict[Path, dict]]:
+    """A job per input image, named by ``output_names``; rows of skipped files for the rare
+    names that still clash. The output folders are not inputs, so a recursive run with its
+    output inside its input does not segment its own results."""
+    if not input_dir.is_dir():
+        raise DataFileError(f"{input_dir}: input folder not found")
+    outputs = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
+    files = [p for p in find_images(input_dir, recursive)
+             if not any(p.resolve().is_relative_to(folder) for folder in outputs)]
+    if not files:
+        where = "in its tree" if recursive else "in it (sub-folders not searched)"
+        raise DataFileError(f"{input_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) {where}")
+    jobs, rows, owners = [], {}, {}
+    for path, name in zip(files, output_names([p.relative_to(input_dir) for p in files])):
+        if name in owners:
+            reason = f"output name {name.as_posix()} taken by {owners[name].as_posix()}"
+            log.warning("skipped %s: %s", path, reason)
+            rows[path] = {"file": path.relative_to(input_dir).as_posix(), "status": f"skipped: {reason}"}
+            continue
+        owners[name] = path.relative_to(input_dir)
+        jobs.append(_Job(path, name))
+    return jobs, rows
+
+
+def output_names(relative_paths: Sequence[Path]) -> list[Path]:
+    """The output name of each input: its relative path with the suffix .tiff, or, where
+    inputs differ only in their suffix (a.png, a.tif), with .tiff appended (a.png.tiff)."""
+    names = [path.with_suffix(".tiff") for path in relative_paths]
+    clashing = {name for name, count in Counter(names).items() if count > 1}
+    return [path.with_name(path.name + ".tiff") if name in clashing else name
+            for path, name in zip(relative_paths, names)]
+
+
+def _resumed(job: _Job, output_dir: Path, record: Callable[[_Job, dict], None]) -> bool:
+    """Whether an earlier run left all three outputs of ``job`` (written atomically, so an
+    existing file is complete); if so its row is recorded from them."""
+    paths = output_paths(output_dir, job.name)
+    if not all(p.is_file() for p in paths.values()):
+        return False
+    mask, instances = tifffile.imread(paths["mask"]), tifffile.imread(paths["instances"])
+    record(job, {**_image_row(mask, instances), "status": "resumed"})
+    return True
+
+
+def _read_jobs(jobs: Iterable[_Job], record: Callable[[_Job, dict], None]) -> Iterator[_Job]:
+    """The jobs with their images read; unreadable or non-2D files are recorded as skipped."""
+    for job in jobs:
+        try:
+            job.image = read_any_image(job.source)
+        except DataFileError as error:
+            log.warning("skipped %s", error)
+            record(job, {"output": None, "status": f"skipped: {_reason(error, job.source)}"})  # nothing written
+            continue
+        yield job
+
+
+def _reason(error: DataFileError, path: Path) -> str:
+    """The error without the leading file name (the table has its own column), on one line."""
+    text = " ".join(str(error).split())
+    return text.removeprefix(f"{path}: ")
+
+
+def _write_outputs(output_dir: Path, name: Path, prob: np.ndarray, threshold: float, min_size: int,
+                   probability: str) -> dict:
+    """Write one image's probability, mask and instances; returns its row of the table."""
+    mask, instances = postprocess(prob, threshold, min_size)
+    paths = output_paths(output_dir, name)
+    # Masks and labels are mostly zeros: deflate makes them tiny and every TIFF reader knows it.
+    for folder, array, compression in (("probability", encode_probability(prob, probability), None),
+                                       ("mask", mask, "zlib"), ("instances", instances, "zlib")):
+        with atomic_path(paths[folder]) as tmp:
+            tifffile.imwrite(tmp, array, compression=compression)
+    return {**_image_row(mask, instances), "status": "ok"}
+
+
+def _image_row(mask: np.ndarray, instances: np.ndarray) -> dict:
+    """Size, foreground fraction and object count of one segmented image."""
+    return {"height": mask.shape[0], "width": mask.shape[1], "foreground_fraction": float(np.mean(mask > 0)),
+            "objects": int(instances.max(initial=0))}
+
+
+def _write_table(rows: dict[Path, dict], path: Path) -> None:
+    """predictions.csv: one row per input file, in file order, with its output name (empty when skipped)."""
+    columns = ["file", "output", "height", "width", "foreground_fraction", "objects", "status"]
+    table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=columns)
+    table = table.astype({"height": "Int64", "width": "Int64", "objects": "Int64"})  # empty when skipped
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _summary(pixels: list[int], rows: dict[Path, dict], seconds: float, device: torch.device) -> PredictionSummary:
+    """Counts and throughput of a run; the rates count the images predicted now."""
+    megapixels = sum(pixels) / 1e6
+    statuses = [row["status"] for row in rows.values()]
+    rate = (lambda amount: amount / seconds if seconds > 0 else 0.0)
+    return PredictionSummary(images=len(pixels), skipped=sum(s.startswith("skipped") for s in statuses),
+                             resumed=statuses.count("resumed"), megapixels=megapixels, seconds=seconds,
+                             images_per_s=rate(len(pixels)), megapixels_per_s=rate(megapixels), device=str(device))

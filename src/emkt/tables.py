@@ -3,7 +3,10 @@
 The long format has one row per ``model, condition, seed, metric, value``, for example
 ``("student", "baseline", 0, "iou", 0.61)`` or ``("teacher", "joint", 0, "mae", 0.05)``.
 ``model`` is "student" (the segmentation students), "reference" (segmentation networks
-that serve as references, e.g. an ensemble) or "teacher" (loss predictors).
+that serve as references, e.g. an ensemble) or "teacher" (loss predictors). An optional
+``dataset`` column says which images were scored: "test" (the test split, also where the
+column is missing) or the name of an external labelled set; every data set is summarised
+on its own, each compared with the reference student on the same images.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["LONG_COLUMNS", "paired_difference", "read_long_tables", "summarize", "to_markdown"]
+__all__ = ["DATASET", "LONG_COLUMNS", "TEST_SET", "paired_difference", "read_long_tables", "summarize",
+           "to_long", "to_markdown", "with_dataset"]
 
 LONG_COLUMNS = ["model", "condition", "seed", "metric", "value"]
-KEYS = ["model", "condition", "metric"]
+# optional first column of the long format: the images scored ("test" when absent)
+DATASET = "dataset"
+TEST_SET = "test"
+KEYS = [DATASET, "model", "condition", "metric"]
 # segmentation networks are compared with the reference student; teachers predict losses,
 # so a difference to a student's metric would mean nothing for them
 COMPARED_MODELS = ("student", "reference")
@@ -36,6 +43,20 @@ def _check_long(long: pd.DataFrame, source: str = "long table") -> None:
         raise ValueError(
             f"{source}: missing column(s) {missing}; expected {LONG_COLUMNS}, got {list(long.columns)}"
         )
+
+
+def with_dataset(long: pd.DataFrame) -> pd.DataFrame:
+    """The long table with its ``dataset`` column first; rows without one are the test split."""
+    data = long[DATASET].fillna(TEST_SET).astype(str) if DATASET in long.columns else TEST_SET
+    return long.drop(columns=[DATASET], errors="ignore").assign(**{DATASET: data})[
+        [DATASET, *[c for c in long.columns if c != DATASET]]]
+
+
+def to_long(metrics: dict[str, float], model: str, condition: str, seed: int, dataset: str = TEST_SET) -> pd.DataFrame:
+    """One network's metrics on one data set as rows of the long format."""
+    return pd.DataFrame([{DATASET: dataset, "model": model, "condition": condition, "seed": seed,
+                          "metric": key, "value": value} for key, value in metrics.items()],
+                        columns=[DATASET, *LONG_COLUMNS])
 
 
 def _order(values: pd.Series) -> list:
@@ -93,13 +114,13 @@ def _no_comparison() -> dict[str, float | int]:
 def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     """Mean and spread over seeds, and a paired comparison with the reference student.
 
-    One row per (model, condition, metric). Columns:
+    One row per (dataset, model, condition, metric). Columns:
 
-    - ``model, condition, metric``; ``n_seeds``, ``mean``, ``sd``: over finite values only
+    - ``dataset`` (see ``with_dataset``), ``model, condition, metric``; ``n_seeds``, ``mean``, ``sd``: over finite values only
       (sd with ddof=1, NaN with one seed);
     - ``delta_mean, delta_sd``: mean and sd of the per-seed differences ``row - reference``,
-      where the reference is the row (model "student", condition ``reference``, same metric)
-      and only seeds finite in both are paired;
+      where the reference is the row (same dataset, model "student", condition ``reference``,
+      same metric) and only seeds finite in both are paired;
     - ``delta_ci_low, delta_ci_high``: 95% confidence interval of ``delta_mean`` (Student's t);
     - ``p_value``: two-sided paired t-test of "no difference";
     - ``n_pairs``: number of paired seeds (0 where there is no comparison);
@@ -112,14 +133,14 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     ``summary.attrs["reference"]``.
     """
     _check_long(long)
-    long = long[LONG_COLUMNS].copy()
+    long = with_dataset(long)[[DATASET, *LONG_COLUMNS]].copy()
     long["value"] = pd.to_numeric(long["value"], errors="coerce")
-    dup = long.duplicated(subset=["model", "condition", "seed", "metric"], keep=False)
+    dup = long.duplicated(subset=[DATASET, "model", "condition", "seed", "metric"], keep=False)
     if dup.any():
         first = long[dup].iloc[0]
         raise ValueError(
-            f"duplicate rows for model={first['model']!r}, condition={first['condition']!r}, "
-            f"seed={first['seed']!r}, metric={first['metric']!r}"
+            f"duplicate rows for dataset={first[DATASET]!r}, model={first['model']!r}, "
+            f"condition={first['condition']!r}, seed={first['seed']!r}, metric={first['metric']!r}"
         )
 
     seeds = sorted(_order(long["seed"]))
@@ -132,17 +153,18 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
         long[KEYS].drop_duplicates().itertuples(index=False, name=None),
         key=lambda key: tuple(rank[k][v] for k, v in zip(KEYS, key)),
     )
-    for model, condition, metric in keys:
-        per_seed = wide.loc[(model, condition, metric)].to_numpy(dtype=np.float64)
+    for dataset, model, condition, metric in keys:
+        per_seed = wide.loc[(dataset, model, condition, metric)].to_numpy(dtype=np.float64)
         mean, sd, n = _mean_sd(per_seed)
-        ref_key = (REFERENCE_MODEL, reference, metric)
-        compared = model in COMPARED_MODELS and (model, condition) != ref_key[:2]
+        ref_key = (dataset, REFERENCE_MODEL, reference, metric)
+        compared = model in COMPARED_MODELS and (model, condition) != ref_key[1:3]
         if compared and ref_key in wide.index:
             delta = paired_difference(per_seed, wide.loc[ref_key].to_numpy(dtype=np.float64))
         else:
             delta = _no_comparison()
         rows.append(
             {
+                DATASET: dataset,
                 "model": model,
                 "condition": condition,
                 "metric": metric,
@@ -214,16 +236,32 @@ def _note(summary: pd.DataFrame, reference: str) -> str:
 
 
 def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
-    """Render ``summarize()`` output as a GitHub Markdown table followed by a one-line note.
+    """Render ``summarize()`` output as GitHub Markdown tables followed by a one-line note.
 
-    Columns: model | condition | metric | mean ± sd | Δ vs <reference> | p (paired t) | seed
-    values. A missing number shows as "–"; with one seed only the mean is shown. The Δ cell
-    is ``mean ± sd [CI low, CI high]`` with explicit signs, just the difference with one
-    paired seed; the p cell says why there is no test when there is a comparison but no
-    p-value. Seed values are listed in seed order, separated by commas. The note under the
-    table (after a blank line, so that it is not read as a table row) explains Δ and p.
+    One table per data set, under a heading naming it when there are several (the test
+    split first). Columns: model | condition | metric | mean ± sd | Δ vs <reference> |
+    p (paired t) | seed values. A missing number shows as "–"; with one seed only the mean
+    is shown. The Δ cell is ``mean ± sd [CI low, CI high]`` with explicit signs, just the
+    difference with one paired seed; the p cell says why there is no test when there is a
+    comparison but no p-value. Seed values are listed in seed order, separated by commas.
+    The note under the tables (after a blank line, so that it is not read as a table row)
+    explains Δ and p.
     """
     reference = summary.attrs.get("reference", "baseline")
+    datasets = _order(summary[DATASET]) if DATASET in summary.columns else [TEST_SET]
+    blocks = []
+    for dataset in datasets:
+        rows = summary[summary[DATASET] == dataset] if DATASET in summary.columns else summary
+        table = _markdown_table(rows, reference, digits)
+        blocks.append(table if len(datasets) == 1 else f"### {_dataset_title(dataset)}\n\n{table}")
+    return "\n\n".join(blocks) + "\n\n" + _note(summary, reference) + "\n"
+
+
+def _dataset_title(dataset: str) -> str:
+    return "Test split" if dataset == TEST_SET else f"External set: {dataset}"
+
+
+def _markdown_table(summary: pd.DataFrame, reference: str, digits: int) -> str:
     seed_cols = [c for c in summary.columns if str(c).startswith("seed_")]
     header = ["model", "condition", "metric", "mean ± sd", f"Δ vs {reference}", "p (paired t)",
               "seed values"]  # fmt: skip
@@ -243,20 +281,21 @@ def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
             seeds,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + _note(summary, reference) + "\n"
+    return "\n".join(lines)
 
 
 def read_long_tables(paths: list[str | Path]) -> pd.DataFrame:
     """Concatenate long-format CSVs, checking each has the columns of the long format.
 
     Raises ``ValueError`` naming the file when a column is missing or a value is not
-    numeric. Extra columns are dropped. An empty list gives an empty long table.
+    numeric. The result has the ``dataset`` column first ("test" where a file has none);
+    other extra columns are dropped. An empty list gives an empty long table.
     """
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
         _check_long(frame, source=str(path))
-        frame = frame[LONG_COLUMNS].copy()
+        frame = with_dataset(frame)[[DATASET, *LONG_COLUMNS]].copy()
         value = pd.to_numeric(frame["value"], errors="coerce")
         bad = value.isna() & frame["value"].notna()
         if bad.any():
@@ -264,6 +303,6 @@ def read_long_tables(paths: list[str | Path]) -> pd.DataFrame:
         frame["value"] = value.astype(np.float64)
         frames.append(frame)
     if not frames:
-        dtypes = {c: float if c == "value" else object for c in LONG_COLUMNS}
+        dtypes = {c: float if c == "value" else object for c in [DATASET, *LONG_COLUMNS]}
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
     return pd.concat(frames, ignore_index=True)

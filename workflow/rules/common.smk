@@ -5,8 +5,9 @@ from pathlib import Path
 # The config check lives in the package (it also runs inside every job); import it from
 # the repository so that Snakemake needs no installed copy of the package.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from emkt.config import ConfigError, validate_config
+from emkt.config import ConfigError, reference_networks, student_rows, validate_config
 from emkt.cluster import job_resources as distributed_job_resources
+from emkt.data import TIFF_SUFFIXES, find_images
 
 try:
     validate_config(config)
@@ -23,28 +24,10 @@ FEATURE = config["feature_distillation"]
 # Students the loss-predicting teachers are evaluated on (the expansion condition's rows).
 STUDENT_CONDITIONS = ["baseline", "joint", "expanded"] if "expansion" in CONDITIONS else ["baseline"]
 TEACHER_STAGES = ["pretrained", "joint"] if "expansion" in CONDITIONS else []
-# Every student row of the table, in the order of the conditions list.
-STUDENTS = ["baseline"]
-for _condition, _rows in (("expansion", ["joint", "expanded"]), ("ensemble_distillation", ["ensemble_distilled"]),
-                          ("pseudo_label", ["pseudo_labelled"]), ("feature_distillation", ["feature_distilled"])):
-    if _condition in CONDITIONS:
-        STUDENTS += _rows
-
-
-def networks_used():
-    """Names of the networks the listed conditions learn from: 'baseline', 'ensemble' or segmenters."""
-    used = []
-    if "ensemble_distillation" in CONDITIONS:
-        used += [*ENSEMBLE["members"], "ensemble"]
-    if "pseudo_label" in CONDITIONS:
-        used += ["ensemble", *ENSEMBLE["members"]] if PSEUDO["teacher"] == "ensemble" else [PSEUDO["teacher"]]
-    if "feature_distillation" in CONDITIONS:
-        used.append(FEATURE["teacher"])
-    return list(dict.fromkeys(used))
-
-
-# Reference rows: the segmenters and the ensemble that some condition uses (not the students).
-REFERENCES = [name for name in networks_used() if name != "baseline"]
+# Every student row of the table, in the order of the conditions list, and the reference rows:
+# the segmenters and the ensemble that some condition uses (emkt.config).
+STUDENTS = student_rows(config)
+REFERENCES = reference_networks(config)
 TRAINED_SEGMENTERS = [name for name in REFERENCES if name in SEGMENTERS]
 FIGURES = [
     "results/figures/metrics.png",
@@ -52,6 +35,11 @@ FIGURES = [
     "results/figures/training_curves.png",
     "results/figures/predictions.png",
 ] + (["results/figures/teacher_scatter.png"] if TEACHER_STAGES else [])
+# External labelled sets and prediction folders by name (config 'external_test', 'predict').
+EXTERNAL = {entry["name"]: entry for entry in config["external_test"]}
+PREDICT = {entry["name"]: entry for entry in config["predict"]}
+if EXTERNAL:
+    FIGURES.append("results/figures/datasets.png")
 # One conda env per rule family (envs/*.yaml, paths relative to the rule files).
 ENVS = {family: f"../../envs/{family}.yaml" for family in ("data", "train", "report")}
 LABELLED_STORE = "results/store/labelled.json"
@@ -76,6 +64,8 @@ wildcard_constraints:
     condition="|".join([*STUDENTS, *REFERENCES]),
     segmenter="|".join(SEGMENTERS) or "(?!)",
     stage="|".join(TEACHER_STAGES) or "(?!)",
+    external="|".join(re.escape(name) for name in EXTERNAL) or "(?!)",
+    prediction="|".join(re.escape(name) for name in PREDICT) or "(?!)",
 
 
 def job_resources(kind):
@@ -176,3 +166,35 @@ def training_params(*sections):
     """Config sections a training stage depends on; as rule params, changing them reruns it."""
     params = {section: config[section] for section in ("input_size", "train", "loader", *sections)}
     return {**params, "ignore_label": config["data"]["ignore_label"]}
+
+
+def external_files(wildcards):
+    """The external set's TIFFs, as inputs: adding or changing one re-indexes the set."""
+    return [str(p) for p in find_images(EXTERNAL[wildcards.external]["dir"], recursive=True, suffixes=TIFF_SUFFIXES)]
+
+
+def external_evaluations():
+    """Every network's evaluation on every external set: what the summary table adds."""
+    networks = [f"student_{c}" for c in STUDENTS] + [f"reference_{c}" for c in REFERENCES]
+    return [f"results/eval/external/{name}/{network}_{seed}.csv"
+            for name in EXTERNAL for network in networks for seed in SEEDS]
+
+
+def network_role(condition):
+    """'student' or 'reference': where a network named in the table keeps its checkpoint."""
+    return "student" if condition in STUDENTS else "reference"
+
+
+def prediction_outputs():
+    """The folders of every configured prediction (config 'predict')."""
+    return [f"results/predictions/{name}/{network}_{seed}"
+            for name, entry in PREDICT.items() for network in entry["networks"] for seed in entry.get("seeds") or SEEDS]
+
+
+def prediction_model(wildcards):
+    return f"results/models/{network_role(wildcards.condition)}_{wildcards.condition}_{wildcards.seed}.pth"
+
+
+def prediction_images(wildcards):
+    """The folder's images, as inputs: adding or changing one predicts the folder again."""
+    return [str(p) for p in find_images(PREDICT[wildcards.prediction]["dir"], recursive=True)]

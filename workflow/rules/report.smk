@@ -1,4 +1,6 @@
-STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce"]
+STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce", "object_f1", "pq"]
+# The metrics compared across the test split and the external sets.
+DATASET_METRICS = ["iou", "dice", "object_f1", "pq"]
 EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
     f"results/eval/reference_{c}_{{seed}}.csv" for c in REFERENCES
 ]
@@ -11,6 +13,7 @@ PANEL = [f"results/eval/student_{c}_{SEEDS[0]}_panel.npz" for c in STUDENTS] + (
 rule aggregate:
     input:
         students=expand(EVALUATIONS, seed=SEEDS),
+        external=external_evaluations(),
         teachers=expand("results/eval/teacher_{stage}_{seed}.csv", stage=TEACHER_STAGES, seed=SEEDS),
     output:
         long="results/tables/metrics_long.csv",
@@ -47,6 +50,26 @@ rule plot_metrics:
         ENVS["report"]
     script:
         "../scripts/plot_metrics.py"
+
+
+rule plot_datasets:
+    input:
+        "results/tables/metrics_long.csv",
+    output:
+        report("results/figures/datasets.png", caption="../report/datasets.rst", category="Figures"),
+    params:
+        metrics=DATASET_METRICS,
+    log:
+        "results/logs/plot_datasets.log",
+    benchmark:
+        "results/benchmarks/plot_datasets.tsv"
+    threads: config["resources"]["light"]["threads"]
+    resources:
+        **job_resources("light"),
+    conda:
+        ENVS["report"]
+    script:
+        "../scripts/plot_datasets.py"
 
 
 rule plot_speed_accuracy:

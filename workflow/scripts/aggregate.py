@@ -1,4 +1,5 @@
-"""Collect every evaluation into one long table and summarise it over seeds."""
+"""Collect every evaluation (test split, external sets, teachers) into one long table and
+summarise it over seeds, one block per data set."""
 
 from jobsetup import start_job
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from emkt.files import atomic_path
 from emkt.tables import read_long_tables, summarize, to_markdown
 
-long = read_long_tables([*snakemake.input.students, *snakemake.input.teachers])
+long = read_long_tables([*snakemake.input.students, *snakemake.input.external, *snakemake.input.teachers])
 summary = summarize(long, reference="baseline")
 with atomic_path(snakemake.output.long) as tmp:
     long.to_csv(tmp, index=False)

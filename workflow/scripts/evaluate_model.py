@@ -1,5 +1,5 @@
 """Evaluate one segmentation network (a student or a reference) on the whole test images:
-pixel metrics, what it costs to run, and for the feature-distilled student its agreement
+pixel and object metrics, what it costs to run, and for the feature-distilled student its agreement
 with its teacher."""
 
 from jobsetup import data_files, start_torch_job
@@ -9,13 +9,13 @@ role, condition = snakemake.wildcards.role, snakemake.wildcards.condition
 config, device = start_torch_job(snakemake, seed)
 
 import numpy as np
-import pandas as pd
 
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model
 from emkt.costs import inference_cost
 from emkt.evaluate import evaluate_segmenter, panel_arrays, predict_probability
 from emkt.files import atomic_path
 from emkt.metrics import agreement_with_reference
+from emkt.tables import to_long
 
 model, checkpoint = load_model(snakemake.input.model, expected_kind=SEGMENTATION_KINDS)
 ev = config["evaluate"]
@@ -23,9 +23,9 @@ size = checkpoint["input_size"]
 # First, before anything else runs the model in this process (see inference_cost).
 cost = inference_cost(model, ev["batch_size"], size, device)
 items = data_files(snakemake, config).split_items("test")
-pixel, per_image, probs = evaluate_segmenter(model, items, size, ev["overlap"], ev["batch_size"], device,
-                                             ev["threshold"], ev["calibration_bins"])
-metrics = {**pixel, **cost}
+scores, per_image, probs = evaluate_segmenter(model, items, size, ev["overlap"], ev["batch_size"], device,
+                                              ev["threshold"], ev["calibration_bins"], ev["min_object_size"])
+metrics = {**scores, **cost}
 if "agreement" in snakemake.input.keys():
     reference, reference_ckpt = load_model(snakemake.input.agreement, expected_kind=SEGMENTATION_KINDS)
     reference = reference.to(device)
@@ -33,8 +33,7 @@ if "agreement" in snakemake.input.keys():
                                            ev["batch_size"], device) for item in items]
     metrics.update(agreement_with_reference(probs, reference_probs, [item.get("valid") for item in items],
                                             ev["threshold"]))
-long = pd.DataFrame([{"model": role, "condition": condition, "seed": seed, "metric": k, "value": v}
-                     for k, v in metrics.items()])
+long = to_long(metrics, role, condition, seed)
 with atomic_path(snakemake.output.metrics) as tmp:
     long.to_csv(tmp, index=False)
 with atomic_path(snakemake.output.per_image) as tmp:

@@ -1,0 +1,91 @@
+"""The command line: ``python -m emkt predict`` segments a folder of new EM images with a
+trained model. Heavy imports (torch, MONAI) wait until a command runs, so --help is quick."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+PROG = "emkt"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a scheduler's allocation, not the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``emkt`` and its sub-commands."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Teacher-student segmentation of mitochondria "
+                                     "in electron-microscopy images.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_predict_parser(commands)
+    return parser
+
+
+def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``emkt predict``: the options of emkt.predict.predict_folder."""
+    predict = commands.add_parser(
+        "predict", help="segment a folder of images with a trained model",
+        description="Segment every TIFF, PNG and JPEG image of a folder with a trained model. Writes "
+                    "OUTPUT/probability/, OUTPUT/mask/ (0/255) and OUTPUT/instances/ (labels 1..n), one "
+                    ".tiff per image, and OUTPUT/predictions.csv (one row per input file).")
+    predict.add_argument("--checkpoint", required=True, type=Path,
+                         help="model checkpoint, e.g. results/models/student_expanded_0.pth")
+    predict.add_argument("--input", required=True, type=Path, help="folder of images to segment")
+    predict.add_argument("--output", required=True, type=Path, help="folder the results are written to")
+    predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=16,
+                         help="images of one shape per sliding-window call, and windows per forward pass "
+                              "(default: %(default)s)")
+    predict.add_argument("--overlap", type=float, default=0.25, help="overlap of the sliding windows, in [0, 1) (default: %(default)s)")
+    predict.add_argument("--threshold", type=float, default=0.5, help="a pixel is foreground when p >= threshold (default: %(default)s)")
+    predict.add_argument("--min-size", type=int, default=32,
+                         help="smallest object kept in instances, in pixels, as the workflow's "
+                              "evaluate.min_object_size (default: %(default)s)")
+    predict.add_argument("--probability", choices=("float32", "uint8"), default="float32",
+                         help="probability maps as float32 in [0, 1] or uint8 round(p * 255) "
+                              "(default: %(default)s)")
+    predict.add_argument("--recursive", action="store_true", help="also segment the images of sub-folders")
+    predict.add_argument("--resume", action="store_true",
+                         help="keep the results of images an earlier run finished")
+    predict.add_argument("--threads", type=int, default=None,
+                         help=f"CPU threads (default: all available, here {available_cores()})")
+    predict.set_defaults(run=run_predict)
+    return predict
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Load the model and segment the folder (errors are ValueError / OSError, reported by main)."""
+    from .checkpoints import SEGMENTATION_KINDS, load_model
+    from .predict import predict_folder
+    from .runtime import select_device, set_threads
+
+    set_threads(args.threads or available_cores())
+    try:
+        device = select_device(args.device)
+    except RuntimeError as error:  # an unknown device string or CUDA asked for without a GPU
+        raise ValueError(f"--device {args.device}: {error}") from None
+    if not args.input.is_dir():  # before the (slow) model load
+        raise ValueError(f"{args.input}: input folder not found")
+    model, checkpoint = load_model(args.checkpoint, expected_kind=SEGMENTATION_KINDS)
+    predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
+                   overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
+                   recursive=args.recursive, resume=args.resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; expected failures print one line ``emkt <command>: error: ...`` and return 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    try:
+        args.run(args)
+    except (ValueError, OSError) as error:  # bad checkpoint, folder or file (DataFileError is a ValueError)
+        message = " ".join(str(error).split())
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,25 @@
+# Segmenting new images (config 'predict') with trained networks, as `python -m emkt predict`
+# does: probability, mask and instance TIFFs per image, and predictions.csv.
+
+
+rule predict_images:
+    input:
+        model=prediction_model,
+        images=prediction_images,
+    output:
+        directory("results/predictions/{prediction}/{condition}_{seed}"),
+    params:
+        folder=lambda wildcards: PREDICT[wildcards.prediction]["dir"],
+        probability=lambda wildcards: PREDICT[wildcards.prediction].get("probability", "float32"),
+        evaluate=config["evaluate"],
+    log:
+        "results/logs/predict_images/{prediction}/{condition}_{seed}.log",
+    benchmark:
+        "results/benchmarks/predict_images/{prediction}/{condition}_{seed}.tsv"
+    threads: config["resources"]["evaluate"]["threads"]
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        ENVS["train"]
+    script:
+        "../scripts/predict_images.py"

@@ -1,0 +1,15 @@
+"""Segment a folder of new images with one trained network (config 'predict'): what
+`python -m emkt predict` does, as a step of the workflow."""
+
+from jobsetup import start_torch_job
+
+config, device = start_torch_job(snakemake)
+
+from emkt.checkpoints import SEGMENTATION_KINDS, load_model
+from emkt.predict import predict_folder
+
+model, checkpoint = load_model(snakemake.input.model, expected_kind=SEGMENTATION_KINDS)
+ev = config["evaluate"]
+predict_folder(model, checkpoint, snakemake.params.folder, snakemake.output[0], threshold=ev["threshold"],
+               min_size=ev["min_object_size"], overlap=ev["overlap"], batch_size=ev["batch_size"], device=device,
+               probability=snakemake.params.probability, recursive=True)
