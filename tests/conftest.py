@@ -33,7 +33,8 @@ TINY = {
     "teacher_pretrain": {"epochs": 2, "val_corruptions_per_image": 2},
     "student_baseline": {"epochs": 2},
     "joint": {"epochs": 2},
-    "expand": {"epochs": 2, "images_per_epoch": 16},
+    # the expansion guards are unit-tested; here both epochs always run
+    "expand": {"epochs": 2, "images_per_epoch": 16, "stop_fraction_ratio": None, "stop_patience": 0},
     "segmenters": {"unet": {"type": "unet", "width": 4, "depth": 3, "epochs": 2},
                    "basicunet": {"type": "basicunet", "width": 4, "epochs": 2}},
     "ensemble_distillation": {"epochs": 2},

@@ -7,12 +7,17 @@ import torch
 from conftest import merged
 from emkt.runtime import seed_everything
 from emkt.resume import Checkpointing, fingerprint
-from emkt.train import (CollapseGuard, EpochSampler, Selection, TrainingCollapsed, check_finite, expand_student, fit,
-                        joint_train, pretrain_teacher, train_student_baseline)
+from emkt.train import (CollapseGuard, EpochSampler, ExpansionGuard, Selection, TrainingCollapsed, check_finite,
+                        expand_student, fit, joint_train, labelled_foreground_fraction, pretrain_teacher,
+                        train_student_baseline)
 
 CPU = torch.device("cpu")
 
 
+
+
+def state_equal_dict(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -28,7 +33,7 @@ def test_baseline_is_deterministic_on_cpu(tiny_config, tiny_data, tmp_path):
     assert state_equal(*runs)
     first, second = (pd.read_csv(tmp_path / f"{n}.csv").drop(columns="seconds") for n in ("a", "b"))
     pd.testing.assert_frame_equal(first, second)
-    assert list(first.columns) == ["epoch", "train_bce", "val_iou", "val_dice", "lr"]
+    assert list(first.columns) == ["epoch", "train_bce", "val_iou", "val_dice", "val_bce", "val_predicted_fraction", "lr"]
     assert len(first) == tiny_config["student_baseline"]["epochs"]
 
 
@@ -49,8 +54,11 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     expanded = expand_student(tiny_config, 1, tiny_data, student, teacher,
                               tmp_path / "expand.csv", CPU)
     history = pd.read_csv(tmp_path / "expand.csv")
-    assert list(history["epoch"]) == [1, 2] and "train_teacher_predicted" in history
-    assert any(not torch.equal(v, expanded.state_dict()[k]) for k, v in joint_state.items())
+    # epoch 0 is the joint student, validated before expansion and a candidate itself
+    assert list(history["epoch"]) == [0, 1, 2] and "train_teacher_predicted" in history
+    assert {"train_predicted_fraction", "val_bce", "val_predicted_fraction"} <= set(history.columns)
+    kept = int(history["val_iou"].idxmax())
+    assert state_equal_dict(joint_state, expanded.state_dict()) == (kept == 0)
     # the frozen teacher was not changed by expansion
     assert all(not p.requires_grad for p in teacher.parameters())
 
@@ -154,3 +162,53 @@ def test_collapse_guard_counts_only_trailing_epochs():
     with pytest.raises(TrainingCollapsed):
         guard.check([{"val_dice": 0.3}, {"val_dice": 0.0}, {"val_dice": 0.0}], "s")
     assert CollapseGuard.from_config({"train": {"collapse_patience": 0, "collapse_dice": 0.1}}) is None
+
+
+def test_expansion_guard_stops_a_collapse_and_a_fooled_teacher():
+    guard = ExpansionGuard(labelled_fraction=0.2, ratio=4.0, patience=2)
+    start = {"epoch": 0, "val_bce": 0.30}
+
+    def epoch(k, fraction, predicted, bce):
+        return {"epoch": k, "train_predicted_fraction": fraction, "train_teacher_predicted": predicted, "val_bce": bce}
+
+    assert guard([start]) is None
+    assert guard([start, epoch(1, 0.15, 0.2, 0.31)]) is None
+    assert "collapse" in guard([start, epoch(1, 0.04, 0.2, 0.31)])  # below 0.2 / 4
+    assert "collapse" in guard([start, epoch(1, 0.9, 0.2, 0.31)])  # above 0.2 * 4
+    fooled = [start, epoch(1, 0.2, 0.20, 0.32), epoch(2, 0.2, 0.15, 0.35)]
+    assert "fooling the teacher" in guard(fooled)
+    assert guard(fooled[:2]) is None and guard([*fooled[:2], epoch(2, 0.2, 0.15, 0.30)]) is None
+    assert ExpansionGuard(0.2, None, 0)([start, epoch(1, 0.0, 0.1, 9.0)]) is None  # both rules off
+
+
+def test_fit_keeps_the_starting_model_when_training_only_hurts_and_stops_early(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([0.5, 0.4, 0.3, 0.2])  # validation IoU: the start is the best
+
+    def train_epoch(epoch):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return {"loss": 1.0 / epoch}
+
+    def stop_after_two(rows):
+        return "enough" if rows[-1]["epoch"] >= 2 else None
+
+    resume = Checkpointing(tmp_path / "state.pt", "fp")
+    best = fit(5, train_epoch, lambda: {"iou": next(scores)}, {"m": model}, [], Selection("iou"),
+               tmp_path / "h.csv", "s", resume=resume, validate_start=True, early_stop=stop_after_two)
+    assert state_equal_dict(start, best["m"])
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert list(history["epoch"]) == [0, 1, 2] and list(history["val_iou"]) == [0.5, 0.4, 0.3]
+    # a stage resumed after it stopped early does not train on
+    again = fit(5, train_epoch, lambda: {"iou": 0.0}, {"m": model}, [], Selection("iou"),
+                tmp_path / "h2.csv", "s", resume=resume, validate_start=True, early_stop=stop_after_two)
+    assert state_equal_dict(start, again["m"]) and len(pd.read_csv(tmp_path / "h2.csv")) == 3
+
+
+def test_labelled_foreground_fraction_weights_images_by_size(tiny_data):
+    split = pd.read_csv(tiny_data.split)
+    train = split[split["split"] == "train"]
+    expected = (train["foreground_fraction"] * train["height"] * train["width"]).sum() / (
+        train["height"] * train["width"]).sum()
+    assert labelled_foreground_fraction(tiny_data) == pytest.approx(expected) and 0 < expected < 1

@@ -226,7 +226,9 @@ class CollapseGuard:
 def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
         models: dict[str, nn.Module], schedulers: list, selection: Selection, history_path: str | Path,
         stage: str, stateful: dict[str, Any] | None = None, resume: Checkpointing | None = None,
-        guard: CollapseGuard | None = None, group: ProcessGroup | None = None) -> dict[str, dict]:
+        guard: CollapseGuard | None = None, group: ProcessGroup | None = None,
+        validate_start: bool = False, early_stop: Callable[[list[dict]], str | None] | None = None
+        ) -> dict[str, dict]:
     """Run ``epochs`` epochs; return the state dicts of ``models`` at the best epoch.
 
     After every epoch a row (train means, validation values, learning rate, seconds) is
@@ -234,6 +236,11 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
     with ``resume``, the whole training state is saved so a killed job continues from there.
     ``stateful`` names what the state must hold besides the models (optimisers, schedulers,
     the corruptor). ``guard`` stops a collapsing run with TrainingCollapsed.
+
+    ``validate_start``: the models as they come are validated first (row of epoch 0) and are
+    a candidate like any epoch, so a stage that starts from a trained model (expansion) never
+    returns one worse on validation than its start. ``early_stop(rows)`` returns a reason to
+    end the stage after an epoch (logged; the best epoch so far is kept), or None.
 
     With several processes (``group``), the train values are averaged over ranks (counts
     named ``*_images`` are summed), ``validate`` must return values already merged over
@@ -248,7 +255,13 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
     if resume is not None and (state := resume.load(stateful)) is not None:
         rows, best_states, first = state["rows"], state["best_states"], state["epoch"] + 1
         selection.best, selection.epoch = state["selection"]
-    for epoch in range(first, epochs + 1):
+    elif validate_start:
+        rows.append(_start_row(validate(), schedulers))
+        _write_history(rows, history_path, group)
+        selection.best, selection.epoch = rows[0][f"val_{selection.key}"], 0
+        log.info("%s: before training, val %s = %.4g", stage, selection.key, selection.best)
+    stopped = early_stop(rows) if early_stop is not None and first > 1 else None  # a resumed stage that had stopped
+    for epoch in range(first, epochs + 1 if stopped is None else first):
         start = time.perf_counter()
         lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
         train_values = reduce_train_values(train_epoch(epoch), group)
@@ -260,9 +273,7 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
                **{f"val_{k}": v for k, v in val_values.items()}, "lr": lr,
                "seconds": time.perf_counter() - start}
         rows.append(row)
-        if group.main:
-            with atomic_path(history_path) as tmp:
-                pd.DataFrame(rows).to_csv(tmp, index=False)
+        _write_history(rows, history_path, group)
         value = val_values[selection.key]
         if selection.improves(value):
             selection.best, selection.epoch = value, epoch
@@ -273,11 +284,26 @@ def fit(epochs: int, train_epoch: Callable[[int], dict[str, float]], validate: C
             resume.save(epoch, rows, (selection.best, selection.epoch), best_states, stateful)
         if guard is not None:
             guard.check(rows, stage)
-    if first > epochs and group.main:  # resumed after the last epoch: the history file may have been removed
-        with atomic_path(history_path) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        if early_stop is not None and (stopped := early_stop(rows)) is not None:
+            log.warning("%s: stopping after epoch %d of %d: %s", stage, epoch, epochs, stopped)
+            break
+    if first > epochs or stopped is not None:  # resumed after the end: the history file may have been removed
+        _write_history(rows, history_path, group)
     log.info("%s: kept epoch %d (val %s = %.4g)", stage, selection.epoch, selection.key, selection.best)
     return best_states
+
+
+def _start_row(val_values: dict[str, float], schedulers: list) -> dict:
+    """The history row of epoch 0: validation of the models before any training."""
+    lr = schedulers[0].get_last_lr()[0] if schedulers else float("nan")
+    return {"epoch": 0, **{f"val_{k}": v for k, v in val_values.items()}, "lr": lr, "seconds": 0.0}
+
+
+def _write_history(rows: list[dict], path: str | Path, group: ProcessGroup) -> None:
+    """The per-epoch CSV, rewritten atomically (readable at any time); rank 0 only."""
+    if group.main:
+        with atomic_path(path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def reduce_train_values(values: dict[str, float], group: ProcessGroup) -> dict[str, float]:
@@ -344,8 +370,22 @@ def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
                                    ev["batch_size"], runtime.device, ev["threshold"], ev["calibration_bins"])
     meters = gather(meter, runtime.group)
     metrics = functools.reduce(SegmentationMeter.merge, meters[1:], meters[0]).compute()
+    sums = np.sum(gather(probability_sums(shard(val_items, runtime.group), probs, ev["threshold"]), runtime.group),
+                  axis=0)
     student.train()
-    return {"iou": metrics["iou"], "dice": metrics["dice"]}, probs
+    return {"iou": metrics["iou"], "dice": metrics["dice"], "bce": sums[0] / max(sums[2], 1.0),
+            "predicted_fraction": sums[1] / max(sums[2], 1.0)}, probs
+
+
+def probability_sums(items: list[dict], probs: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Summed pixel BCE, summed predicted-foreground pixels and the pixel count, over the
+    labelled pixels of whole images: sums, so that ranks' shares add up."""
+    totals = np.zeros(3)
+    for item, prob in zip(items, probs):
+        keep = item["valid"] > 0 if "valid" in item else np.ones(prob.shape, bool)
+        p, y = np.clip(prob[keep].astype(np.float64), 1e-7, 1 - 1e-7), item["mask"][keep]
+        totals += [float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).sum()), float((p >= threshold).sum()), keep.sum()]
+    return totals
 
 
 def new_student(cfg: dict) -> nn.Module:
@@ -550,12 +590,59 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
 
 # ---------------------------------------------------------------- stage 4: knowledge expansion
 
+def labelled_foreground_fraction(files: DataFiles, split: str = "train") -> float:
+    """Foreground fraction of a split's labelled pixels (from the index's per-image fractions)."""
+    table = read_split(files.split, split)
+    pixels = table["height"] * table["width"]
+    return float((table["foreground_fraction"] * pixels).sum() / pixels.sum())
+
+
+@dataclass
+class ExpansionGuard:
+    """Ends expansion when the student is fooling the teacher rather than learning from it
+    (config keys expand.stop_fraction_ratio, expand.stop_patience):
+
+    - its foreground fraction on the pool leaves [f / ratio, f * ratio] around the labelled
+      training fraction f (the collapse to near-empty masks, or to all-foreground);
+    - or, for ``patience`` epochs in a row, the teacher's predicted loss on the pool fell while
+      the validation BCE rose.
+    """
+
+    labelled_fraction: float
+    ratio: float | None
+    patience: int
+
+    @classmethod
+    def from_config(cls, cfg: dict, files: DataFiles) -> ExpansionGuard:
+        stage = cfg["expand"]
+        return cls(labelled_foreground_fraction(files), stage["stop_fraction_ratio"], stage["stop_patience"])
+
+    def __call__(self, rows: list[dict]) -> str | None:
+        trained = [row for row in rows if row["epoch"] > 0]
+        if not trained:
+            return None
+        fraction = trained[-1]["train_predicted_fraction"]
+        low, high = (self.labelled_fraction / self.ratio, self.labelled_fraction * self.ratio) if self.ratio else (0, 1)
+        if not low <= fraction <= high:
+            return (f"the student's foreground fraction on the pool, {fraction:.4f}, left [{low:.4f}, {high:.4f}] "
+                    f"around the labelled training fraction {self.labelled_fraction:.4f} "
+                    "(config key expand.stop_fraction_ratio): collapse")
+        if self.patience and len(rows) > self.patience and all(
+                now["train_teacher_predicted"] < before.get("train_teacher_predicted", np.inf)
+                and now["val_bce"] > before["val_bce"] for before, now in zip(rows[-self.patience - 1:-1],
+                                                                             rows[-self.patience:])):
+            return (f"for {self.patience} epochs the teacher's predicted loss fell while the validation BCE rose "
+                    "(config key expand.stop_patience): the student is fooling the teacher")
+        return None
+
+
 def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teacher: nn.Module,
                    history_path: str | Path, device: torch.device | str,
                    resume: Checkpointing | None = None) -> nn.Module:
     """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
 
-    Validation IoU on the labelled validation split picks the kept epoch (of epochs 1..N).
+    Validation IoU on the labelled validation split picks the kept epoch, the starting
+    student (epoch 0) included, and ExpansionGuard ends a stage that collapses.
     """
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
@@ -585,7 +672,8 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     best = fit(stage_cfg["epochs"], train_epoch,
                lambda: student_validation(student, val_items, cfg, rt)[0],
                {"student": student}, [scheduler], Selection("iou"), history_path, "expand",
-               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group,
+               validate_start=True, early_stop=ExpansionGuard.from_config(cfg, files))
     student.load_state_dict(best["student"])
     return student
 
