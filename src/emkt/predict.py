@@ -90,7 +90,6 @@ def soft_labels(ensemble: EnsembleSegmenter, images: Sequence[tuple[int, np.ndar
 
 # --- Segmenting a folder of new images -------------------------------------------------------
 
-IMAGE_SUFFIXES = PREDICTION_SUFFIXES
 OUTPUT_FOLDERS = ("probability", "mask", "instances")
 PROBABILITY_FORMATS = ("float32", "uint8")
 # Images waiting for others of their shape hold at most this many pixels (64 MB as uint8),
@@ -265,7 +264,7 @@ def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list
              if not any(p.resolve().is_relative_to(folder) for folder in outputs)]
     if not files:
         where = "in its tree" if recursive else "in it (sub-folders not searched)"
-        raise DataFileError(f"{input_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) {where}")
+        raise DataFileError(f"{input_dir}: no image files ({', '.join(PREDICTION_SUFFIXES)}) {where}")
     jobs, rows, owners = [], {}, {}
     for path, name in zip(files, output_names([p.relative_to(input_dir) for p in files])):
         if name in owners:

@@ -378,13 +378,17 @@ def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
 
 
 def probability_sums(items: list[dict], probs: list[np.ndarray], threshold: float) -> np.ndarray:
-    """Summed pixel BCE, summed predicted-foreground pixels and the pixel count, over the
-    labelled pixels of whole images: sums, so that ranks' shares add up."""
+    """Summed pixel BCE (the loss the teacher predicts: losses.per_image_bce), summed
+    predicted-foreground pixels and the pixel count, over the labelled pixels of whole
+    images: sums, so that ranks' shares add up."""
     totals = np.zeros(3)
     for item, prob in zip(items, probs):
         keep = item["valid"] > 0 if "valid" in item else np.ones(prob.shape, bool)
-        p, y = np.clip(prob[keep].astype(np.float64), 1e-7, 1 - 1e-7), item["mask"][keep]
-        totals += [float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).sum()), float((p >= threshold).sum()), keep.sum()]
+        prob_t, mask_t, keep_t = (torch.from_numpy(np.ascontiguousarray(a))[None, None].float()
+                                  for a in (prob, item["mask"], keep))
+        count = float(keep.sum())
+        totals += [float(per_image_bce(prob_t, mask_t, valid=keep_t)[0]) * count,
+                   float((prob[keep] >= threshold).sum()), count]
     return totals
 
 
