@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint benchmark benchmark-speed clean-results
+.PHONY: setup demo study test lint benchmark benchmark-speed clean-results
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,13 @@ demo: setup
 	@echo "Summary table: results/tables/summary.md (CSV: results/tables/summary.csv)"
 	@echo "Figures:       results/figures/*.png"
 	@cat results/tables/summary.md
+
+# The expansion-variant study (issue 8): 3 seeds on the demo data and on ../shared em-mito-mini.
+study: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml demo.yaml studies/expansion.yaml --directory study/demo
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml demo.yaml studies/expansion.yaml studies/em-mito-mini.yaml \
+		--directory study/em-mito-mini
+	@cat study/demo/results/tables/expansion.md study/em-mito-mini/results/tables/expansion.md
 
 test: setup
 	$(BIN)/python -m pytest -q

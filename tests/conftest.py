@@ -30,6 +30,7 @@ TINY = {
     "student": {"patch_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2,
                 "deconv_chns": 8},
     "teacher": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1},
+    "error_map_teacher": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
     "teacher_pretrain": {"epochs": 2, "val_corruptions_per_image": 2},
     "student_baseline": {"epochs": 2},
     "joint": {"epochs": 2},

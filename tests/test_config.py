@@ -53,7 +53,16 @@ def test_paper_and_demo_configs_are_valid():
          "'external_test' uses the name(s) ['a'] more than once"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["expansion"]}]),
          "'predict.0.networks' names ['expansion'], which the listed conditions do not train; allowed: ['baseline', "
-         "'joint', 'expanded'"),
+         "'joint', 'expanded_anchored'"),
+        (lambda c: c["expand"].update(variants=["greedy"]), "'expand.variants.0' = 'greedy' is not allowed; allowed "
+         "values: ['faithful', 'anchored', 'error_map', 'alternating', 'committee']"),
+        (lambda c: c["expand"].update(consistency="l2"), "'expand.consistency' = 'l2' is not allowed"),
+        (lambda c: c["expand"]["committee"].update(reduce="median"), "'expand.committee.reduce' = 'median'"),
+        (lambda c: c["error_map_teacher"].update(strides=[2, 2, 2, 2]), "'error_map_teacher.strides' needs "
+         "len(channels) - 1 = 3 entries"),
+        (lambda c: c["expand"].update(variants=["committee"], committee={"teachers": ["critic"], "seeds": 6,
+                                                                          "reduce": "max"}),
+         "'expand.committee.seeds' = 6 is more than the 5 trained seeds"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "seeds": [7]}]),
          "'predict.0.seeds' names [7]"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "probability": "float16"}]),

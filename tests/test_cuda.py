@@ -46,7 +46,8 @@ def test_every_stage_trains_on_the_gpu(gpu_setup, tmp_path):
     teacher = pretrain_teacher(config, 0, files, tmp_path / "pre.csv", GPU)
     baseline = train_student_baseline(config, 0, files, tmp_path / "base.csv", GPU)
     teacher, joint = joint_train(config, 0, files, teacher, tmp_path / "joint.csv", GPU)
-    expanded = expand_student(config, 0, files, joint, teacher, tmp_path / "expand.csv", GPU)
+    expanded = expand_student(config, 0, files, joint, [teacher], tmp_path / "expand.csv", GPU,
+                              variant="alternating")
     unet = train_segmenter(config, 0, files, build_segmenter(config["segmenters"]["unet"]), 2, tmp_path / "u.csv", GPU)
     assert all(on_gpu(m) for m in (teacher, baseline, joint, expanded, unet))
 

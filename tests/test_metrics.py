@@ -13,7 +13,7 @@ from scipy import stats
 
 from emkt.evaluate import evaluate_segmenter, teacher_predictions
 from emkt.losses import per_image_bce
-from emkt.metrics import InstanceMeter, SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
+from emkt.metrics import InstanceMeter, PixelAurocMeter, SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
 
 # 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
 # GT positive: (0,0) (0,1) (1,0) (1,1).  => tp=3, fp=2, fn=1, tn=10.
@@ -325,3 +325,33 @@ def test_instance_meter_pools_matches_over_images_and_merges():
     assert whole.per_image()["objects_predicted"].tolist() == [2, 1]
     with pytest.raises(ValueError, match="different settings"):
         whole.merge(InstanceMeter(min_size=3))
+
+
+def test_pixel_auroc_meter_matches_the_exact_auroc_and_merges():
+    rng = np.random.default_rng(0)
+    wrong = rng.random((40, 50)) < 0.2
+    # predicted error higher on wrong pixels, with noise; a few scores beyond the top bin
+    score = np.where(wrong, 1.5, 0.5) + rng.normal(0, 0.8, wrong.shape).clip(-0.5, None) + 0.5
+    score[0, :3] = 9.0
+    exact = stats.mannwhitneyu(score[wrong], score[~wrong]).statistic / (wrong.sum() * (~wrong).sum())
+    meter = PixelAurocMeter()
+    meter.update(score, wrong)
+    assert meter.compute() == pytest.approx(exact, abs=2e-3)
+    halves = PixelAurocMeter()
+    halves.update(score[:20], wrong[:20])
+    other = PixelAurocMeter()
+    other.update(score[20:], wrong[20:])
+    assert halves.merge(other).compute() == pytest.approx(meter.compute())
+    # ignored pixels are not seen; a perfect and an inverted ranking; one class only: NaN
+    valid = np.zeros_like(wrong, dtype=np.uint8)
+    valid[:, :10] = 1
+    masked = PixelAurocMeter()
+    masked.update(score, wrong, valid)
+    assert masked.wrong.sum() + masked.right.sum() == valid.sum()
+    perfect, inverted = PixelAurocMeter(), PixelAurocMeter()
+    perfect.update(wrong * 3.0, wrong)
+    inverted.update(~wrong * 3.0, wrong)
+    assert perfect.compute() == 1.0 and inverted.compute() == 0.0
+    lonely = PixelAurocMeter()
+    lonely.update(score, np.zeros_like(wrong))
+    assert math.isnan(lonely.compute())

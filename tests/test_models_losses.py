@@ -7,7 +7,7 @@ from torch import nn
 
 from emkt.checkpoints import load_model, save_model
 from emkt.data import masks_from_labels
-from emkt.losses import per_image_bce, per_image_bce_with_logits, per_image_mse
+from emkt.losses import per_image_bce, per_image_bce_with_logits, per_image_kl_with_logits, per_image_mse, pixel_bce
 from emkt.models import build_student, build_teacher, freeze
 
 
@@ -135,3 +135,40 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="junk.pth: not a readable checkpoint"):
         load_model(tmp_path / "junk.pth")
+
+
+def test_error_map_teacher_checkpoint_and_arch_checks(tmp_path):
+    arch = {"type": "error_map", "channels": [4, 8], "strides": [2], "num_res_units": 1, "dropout": 0.0,
+            "norm": "BATCH"}
+    teacher = build_teacher(arch, 32)
+    save_model(tmp_path / "map.pth", teacher, "teacher", arch, 32, {"stage": "joint_error_map"})
+    rebuilt, payload = load_model(tmp_path / "map.pth", expected_kind="teacher")
+    assert type(rebuilt).__name__ == "ErrorMapPredictor" and payload["arch"]["type"] == "error_map"
+    image, prob = torch.randn(3, 1, 32, 32), torch.rand(3, 1, 32, 32)
+    rebuilt.eval()
+    assert rebuilt(image, prob).shape == (3,) and rebuilt(image, prob, dense=True).shape == (3, 1, 32, 32)
+    torch.save({**torch.load(tmp_path / "map.pth", weights_only=False), "arch": {**arch, "type": "transformer"}},
+               tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="unknown teacher type 'transformer'"):
+        load_model(tmp_path / "bad.pth")
+    # a Critic arch written before teachers had types still loads as a Critic
+    critic = {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1, "dropout": 0.25, "norm": "BATCH"}
+    assert type(build_teacher(critic, 32)).__name__ == "LossPredictor"
+
+
+def test_pixel_bce_and_kl():
+    prob = torch.tensor([[[[0.9, 0.2], [0.5, 1.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    pixel = pixel_bce(prob, target)
+    assert pixel.shape == prob.shape
+    assert torch.allclose(pixel.mean(dim=(1, 2, 3)), per_image_bce(prob, target))
+    logits = torch.randn(2, 1, 4, 4)
+    same = torch.sigmoid(logits)
+    assert torch.allclose(per_image_kl_with_logits(logits, same), torch.zeros(2), atol=1e-5)
+    other = torch.rand(2, 1, 4, 4)
+    assert (per_image_kl_with_logits(logits, other) > 0).all()
+    # KL and BCE differ by the target's entropy: the same gradient for the student
+    logits.requires_grad_(True)
+    grad_kl = torch.autograd.grad(per_image_kl_with_logits(logits, other).sum(), logits)[0]
+    grad_bce = torch.autograd.grad(per_image_bce_with_logits(logits, other).sum(), logits)[0]
+    assert torch.allclose(grad_kl, grad_bce, atol=1e-6)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from emkt.tables import LONG_COLUMNS, paired_difference, read_long_tables, summarize, to_markdown
+from emkt.tables import LONG_COLUMNS, compare_students, paired_difference, read_long_tables, summarize, to_markdown
 
 # Student's t quantiles t(0.975, df) from a printed table
 T975 = {1: 12.706205, 2: 4.302653}
@@ -285,3 +285,16 @@ def test_each_dataset_is_summarised_and_compared_on_its_own():
     text = to_markdown(summary)
     assert text.index("### Test split") < text.index("### External set: other_lab")
     assert text.count("| model | condition | metric |") == 2 and text.count("Δ: paired difference") == 1
+
+
+def test_compare_students_pairs_chosen_rows_with_another_reference():
+    long = pd.DataFrame(
+        [("student", condition, seed, metric, value + 0.01 * seed)
+         for condition, value in (("baseline", 0.5), ("joint", 0.6), ("expanded_anchored", 0.62), ("other", 0.9))
+         for seed in (0, 1, 2) for metric in ("iou", "ece")]
+        + [("teacher", "joint", 0, "mae", 0.1)], columns=LONG_COLUMNS)
+    table = compare_students(long, ["expanded_anchored"], ["iou"], reference="joint")
+    assert list(zip(table["condition"], table["metric"])) == [("joint", "iou"), ("expanded_anchored", "iou")]
+    anchored = row(table, "student", "expanded_anchored", "iou")
+    assert anchored["delta_mean"] == pytest.approx(0.02) and anchored["n_pairs"] == 3
+    assert "Δ vs joint" in to_markdown(table)

@@ -1,13 +1,16 @@
 """The training stages on tiny generated data: they run, log per epoch, and are deterministic on CPU."""
 
+import copy
+
 import pandas as pd
 import pytest
 import torch
 
 from conftest import merged
+from emkt.models import ErrorMapPredictor
 from emkt.runtime import seed_everything
 from emkt.resume import Checkpointing, fingerprint
-from emkt.train import (CollapseGuard, EpochSampler, ExpansionGuard, Selection, TrainingCollapsed, check_finite,
+from emkt.train import (CollapseGuard, Committee, EpochSampler, ExpansionGuard, Selection, TrainingCollapsed, check_finite,
                         expand_student, fit, joint_train, labelled_foreground_fraction, pretrain_teacher,
                         train_student_baseline)
 
@@ -51,8 +54,8 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     assert any(not torch.equal(v, teacher.state_dict()[k]) for k, v in pretrained_state.items())
 
     joint_state = {k: v.clone() for k, v in student.state_dict().items()}
-    expanded = expand_student(tiny_config, 1, tiny_data, student, teacher,
-                              tmp_path / "expand.csv", CPU)
+    expanded = expand_student(tiny_config, 1, tiny_data, student, [teacher], tmp_path / "expand.csv", CPU,
+                              variant="faithful")
     history = pd.read_csv(tmp_path / "expand.csv")
     # epoch 0 is the joint student, validated before expansion and a candidate itself
     assert list(history["epoch"]) == [0, 1, 2] and "train_teacher_predicted" in history
@@ -61,6 +64,54 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     assert state_equal_dict(joint_state, expanded.state_dict()) == (kept == 0)
     # the frozen teacher was not changed by expansion
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_error_map_teacher_and_every_expansion_variant(tiny_config, tiny_data, tmp_path):
+    """The error-map teacher pretrains and joint-trains on per-pixel targets; each variant
+    expands the same joint student, and only the alternating one changes its teacher."""
+    torch.set_num_threads(1)
+    config = merged(tiny_config, {"teacher_pretrain": {"epochs": 1}, "joint": {"epochs": 1},
+                                  "expand": {"epochs": 1, "consistency": "kl"}})
+    seed_everything(2)
+    dense = pretrain_teacher(config, 2, tiny_data, tmp_path / "pre_map.csv", CPU, kind="error_map")
+    assert isinstance(dense, ErrorMapPredictor)
+    dense, joint = joint_train(config, 2, tiny_data, dense, tmp_path / "joint_map.csv", CPU)
+    critic = pretrain_teacher(config, 2, tiny_data, tmp_path / "pre.csv", CPU)
+    image = torch.randn(2, 1, 32, 32)
+    prob = torch.rand(2, 1, 32, 32)
+    dense.eval()
+    error_map = dense(image, prob, dense=True)
+    assert error_map.shape == (2, 1, 32, 32) and bool((error_map >= 0).all())
+    assert torch.allclose(dense(image, prob), error_map.mean(dim=(1, 2, 3)))
+    start = {k: v.clone() for k, v in joint.state_dict().items()}
+    teachers = {"anchored": [critic], "error_map": [dense], "alternating": [critic], "committee": [critic, dense]}
+    for variant, members in teachers.items():
+        before = [{k: v.clone() for k, v in m.state_dict().items()} for m in members]
+        student = copy.deepcopy(joint)
+        student.load_state_dict(start)
+        expand_student(config, 2, tiny_data, student, members, tmp_path / f"{variant}.csv", CPU, variant=variant)
+        history = pd.read_csv(tmp_path / f"{variant}.csv")
+        assert list(history["epoch"]) == [0, 1], variant
+        # anchored: a labelled BCE and the consistency (KL) to the starting student each step
+        assert {"train_bce", "train_consistency", "train_teacher_predicted"} <= set(history.columns), variant
+        assert history["train_consistency"].iloc[1] >= -1e-6
+        assert ("train_teacher_mse" in history) == (variant == "alternating")
+        changed = [not state_equal_dict(b, m.state_dict()) for b, m in zip(before, members)]
+        assert changed == [variant == "alternating"] * len(members), variant
+
+
+def test_committee_combines_teachers_by_mean_or_max():
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, image, prob):
+            return torch.full((len(image),), self.value) + 0 * prob.mean()
+
+    image = torch.zeros(3, 1, 4, 4)
+    assert torch.allclose(Committee([Constant(1.0), Constant(3.0)], "mean")(image, image), torch.full((3,), 2.0))
+    assert torch.allclose(Committee([Constant(1.0), Constant(3.0)], "max")(image, image), torch.full((3,), 3.0))
 
 
 def test_epoch_sampler_subsets_and_reshuffles():

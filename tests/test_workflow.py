@@ -25,7 +25,9 @@ from loopback import LoopbackServer
 pytestmark = pytest.mark.workflow
 
 FIGURES = ["metrics.png", "speed_accuracy.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
-STUDENTS = {"baseline", "joint", "expanded", "ensemble_distilled", "pseudo_labelled", "feature_distilled"}
+STUDENTS = {"baseline", "joint", "joint_error_map", "expanded_anchored", "expanded_committee", "ensemble_distilled",
+            "pseudo_labelled", "feature_distilled"}
+TEACHER_STAGES = {"pretrained", "joint", "pretrained_error_map", "joint_error_map"}
 PIXEL_METRICS = {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
 OBJECT_METRICS = {"object_f1", "pq", "count_mae"}
 COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
@@ -43,9 +45,12 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
 
 # The demo run also scores every network on an external labelled set (real EM, other sizes
 # than the synthetic training images) and segments a folder of new images with one student.
+# Two expansion variants: anchored (the default) and a committee of both teacher kinds (so
+# the error-map teacher is pretrained and joint-trained too); the fixture run has the others.
 DEMO = merged(TINY, {
+    "expand": {"variants": ["anchored", "committee"]},
     "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
-    "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded"], "seeds": [0],
+    "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded_anchored"], "seeds": [0],
                  "probability": "uint8"}],
 })
 NEW_IMAGES = {"mitochondria1.tiff": (138, 224), "mitochondria2.tiff": (224, 224), "pan_seg.png": (256, 256)}
@@ -160,7 +165,7 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert set(external["metric"]) == PIXEL_METRICS | OBJECT_METRICS and (external["n_seeds"] == 2).all()
     assert external[external["condition"] != "baseline"]["n_pairs"].eq(2).all()
     assert external[external["metric"].isin(["iou", "object_f1", "pq"])]["mean"].between(0, 1).all()
-    per_image = pd.read_csv(results / "eval" / "external" / "em_mito_mini" / "student_expanded_1_per_image.csv")
+    per_image = pd.read_csv(results / "eval" / "external" / "em_mito_mini" / "student_expanded_anchored_1_per_image.csv")
     assert len(per_image) == 5 and {"iou", "object_f1", "objects_true", "objects_predicted"} <= set(per_image.columns)
     # The small student is smaller than its teacher (the baseline), and both were timed.
     cost = summary[summary["metric"].isin(COST_METRICS)].set_index(["condition", "metric"])["mean"]
@@ -172,7 +177,18 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert (compared["n_pairs"] == 2).all() and compared["delta_ci_low"].notna().all()
     assert summary[summary["condition"] == "baseline"]["delta_mean"].isna().all()
     teachers = summary[summary["model"] == "teacher"]
-    assert set(teachers["condition"]) == {"pretrained", "joint"} and {"mae", "spearman"} <= set(teachers["metric"])
+    assert set(teachers["condition"]) == TEACHER_STAGES and {"mae", "spearman"} <= set(teachers["metric"])
+    # the error-map teachers also say where the errors are: per-pixel AUROC, per student too
+    auroc = teachers[teachers["metric"].str.startswith("pixel_auroc")]
+    assert set(auroc["condition"]) == {"pretrained_error_map", "joint_error_map"}
+    assert "pixel_auroc@expanded_committee" in set(auroc["metric"]) and auroc["mean"].between(0, 1).all()
+    # The variants against the joint student they start from, paired over the seeds.
+    expansion = pd.read_csv(results / "tables" / "expansion.csv")
+    assert set(expansion["condition"]) == {"joint", "joint_error_map", "expanded_anchored", "expanded_committee"}
+    assert set(expansion["metric"]) == {"iou", "dice", "object_f1"} and set(expansion["dataset"]) == {"test", "em_mito_mini"}
+    compared = expansion[expansion["condition"] != "joint"]
+    assert compared["n_pairs"].eq(2).all() and compared["delta_ci_low"].notna().all()
+    assert "Δ vs joint" in (results / "tables" / "expansion.md").read_text()
     iou = students[students["metric"] == "iou"]
     assert iou["mean"].between(0, 1).all()
     markdown = (results / "tables" / "summary.md").read_text()
@@ -182,27 +198,28 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert "p (paired t)" in markdown
     for figure in FIGURES:
         assert (results / "figures" / figure).stat().st_size > 10_000
-    for stage in ("teacher_pretrained", "student_baseline", "joint", "student_expanded", "segmenter_unet",
+    for stage in ("teacher_pretrained", "teacher_pretrained_error_map", "student_baseline", "joint", "joint_error_map",
+                  "student_expanded_anchored", "student_expanded_committee", "segmenter_unet",
                   "segmenter_basicunet", "student_ensemble_distilled", "student_pseudo_labelled",
                   "student_feature_distilled"):
         history = pd.read_csv(results / "history" / f"{stage}_0.csv")
         # expansion validates its starting student first (epoch 0)
-        epochs = [0, 1, 2] if stage == "student_expanded" else [1, 2]
+        epochs = [0, 1, 2] if stage.startswith("student_expanded") else [1, 2]
         assert {"epoch", "lr", "seconds"} <= set(history.columns) and list(history["epoch"]) == epochs, stage
     # Self-training sees as many pool images as expansion.
     pool_images = [pd.read_csv(results / "history" / f"{stage}_0.csv")["train_pool_images"]
-                   for stage in ("student_expanded", "student_pseudo_labelled")]
+                   for stage in ("student_expanded_anchored", "student_pseudo_labelled")]
     assert pool_images[0].dropna().tolist() == pool_images[1].tolist()  # expansion's epoch 0 trains on nothing
     soft = pd.read_csv(results / "soft_labels" / "ensemble_0.csv")
     assert len(soft) == (split["split"] == "train").sum()
     # Pseudo-label shards are temporary by default (as large as the pool): gone once used.
     assert (results / "pseudo" / "0.json").is_file() and not list((results / "pseudo" / "0").glob("*.npy"))
     assert (results / "benchmarks" / "joint_train" / "1.tsv").is_file()
-    assert "epoch 2/2" in (results / "logs" / "expand_student" / "0.log").read_text()
+    assert "epoch 2/2" in (results / "logs" / "expand_student" / "anchored_0.log").read_text()
 
 
 def test_demo_run_segments_the_new_images_folder(demo_run):
-    out = demo_run / "results" / "predictions" / "new_images" / "expanded_0"
+    out = demo_run / "results" / "predictions" / "new_images" / "expanded_anchored_0"
     table = pd.read_csv(out / "predictions.csv")
     assert (table["status"] == "ok").all() and len(table) == len(NEW_IMAGES)
     for name, shape in NEW_IMAGES.items():
@@ -213,23 +230,23 @@ def test_demo_run_segments_the_new_images_folder(demo_run):
         assert prob.shape == mask.shape == instances.shape == shape
         assert prob.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}  # probability: uint8 in the config
         assert not (instances[mask == 0] > 0).any()
-    assert "images/s" in (demo_run / "results" / "logs" / "predict_images" / "new_images" / "expanded_0.log").read_text()
+    assert "images/s" in (demo_run / "results" / "logs" / "predict_images" / "new_images" / "expanded_anchored_0.log").read_text()
 
 
 def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_run):
     models = demo_run / "results" / "models"
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
-    (models / "student_expanded_1.pth").touch()
+    (models / "student_expanded_anchored_1.pth").touch()
     dry = snakemake(demo_run, DEMO, "-n")
     jobs = job_stats(dry.stdout + dry.stderr)
     assert not TRAINING_RULES & set(jobs)
-    assert jobs == Counter({"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": 2, "aggregate": 1,
+    assert jobs == Counter({"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": 4, "aggregate": 1,
                             "plot_metrics": 1, "plot_speed_accuracy": 1, "plot_teacher_scatter": 1,
                             "plot_datasets": 1, "all": 1})
     snakemake(demo_run, DEMO)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
-    assert {k: v for k, v in after.items() if k != "student_expanded_1.pth"} == \
-        {k: v for k, v in before.items() if k != "student_expanded_1.pth"}
+    assert {k: v for k, v in after.items() if k != "student_expanded_anchored_1.pth"} == \
+        {k: v for k, v in before.items() if k != "student_expanded_anchored_1.pth"}
     again = snakemake(demo_run, DEMO, "-n")
     assert "nothing to be done" in (again.stdout + again.stderr).lower()
 
@@ -265,7 +282,7 @@ FIXTURE_RUN = merged(TINY_EXPANSION, {
     "teacher_pretrain": {"epochs": 1},
     "student_baseline": {"epochs": 1},
     "joint": {"epochs": 1},
-    "expand": {"epochs": 1, "images_per_epoch": 8},
+    "expand": {"epochs": 1, "images_per_epoch": 8, "variants": ["faithful", "error_map", "alternating"]},
 })
 
 
@@ -322,10 +339,12 @@ def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_the_whole_dag(tmp_pa
     manifest = yaml.safe_load((results / "store" / "pool.json").read_text())
     assert manifest["images"] == 10 + 20 * 25 and len(manifest["shards"]) == 3
     summary = pd.read_csv(results / "tables" / "summary.csv")
-    assert set(summary[summary["model"] == "student"]["condition"]) == {"baseline", "joint", "expanded"}
+    assert set(summary[summary["model"] == "student"]["condition"]) == {
+        "baseline", "joint", "joint_error_map", "expanded_faithful", "expanded_error_map", "expanded_alternating"}
     per_image = pd.read_csv(results / "eval" / "student_baseline_0_per_image.csv")
     assert len(per_image) == (split["split"] == "test").sum()
-    assert "epoch 1/1" in (results / "logs" / "expand_student" / "0.log").read_text()
+    for variant in ("faithful", "error_map", "alternating"):
+        assert "epoch 1/1" in (results / "logs" / "expand_student" / f"{variant}_0.log").read_text()
     for figure in FIGURES:
         assert (results / "figures" / figure).is_file()
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from . import distributed
 from . import __version__
-from .models import (SEGMENTER_TYPES, EnsembleSegmenter, LossPredictor, ViTSegmenter, build_segmenter,
-                     build_student, build_teacher)
+from .models import (SEGMENTER_TYPES, EnsembleSegmenter, ViTSegmenter, build_segmenter, build_student,
+                     build_teacher, teacher_class)
 from .files import atomic_path
 
 FORMAT_VERSION = 1
@@ -94,14 +94,22 @@ def check_normalisation(payload: dict, path: str | Path = "<checkpoint>") -> Non
                          f"{__version__} applies {NORMALISATION!r}; its predictions would be wrong")
 
 
-def arch_keys(kind: str) -> tuple[set[str], set[str]]:
+def arch_keys(kind: str, arch: dict | None = None) -> tuple[set[str], set[str]]:
     """(required, optional) keys of the ``arch`` of a checkpoint kind; for the networks built
-    from keyword arguments they are read off the constructor, so they cannot drift from it."""
+    from keyword arguments they are read off the constructor, so they cannot drift from it.
+    A teacher's keys depend on its type (``arch['type']``)."""
     if kind == "segmenter":
         return set(SEGMENTER_ARCH_KEYS["required"]), set(SEGMENTER_ARCH_KEYS["optional"])
     if kind == "ensemble":
         return {"members"}, set()
-    network = {"student": ViTSegmenter, "teacher": LossPredictor}[kind]
+    if kind == "teacher":
+        network = teacher_class(arch or {})
+        required, optional = _constructor_keys(network)
+        return required, optional | {"type"}
+    return _constructor_keys(ViTSegmenter)
+
+
+def _constructor_keys(network: type[nn.Module]) -> tuple[set[str], set[str]]:
     parameters = [p for name, p in inspect.signature(network.__init__).parameters.items()
                   if name not in ("self", "input_size")]
     return ({p.name for p in parameters if p.default is inspect.Parameter.empty},
@@ -113,7 +121,12 @@ def check_arch(kind: str, arch: Any, path: str | Path = "<checkpoint>") -> None:
     needs or has one it does not know (instead of a TypeError from deep inside MONAI)."""
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: the {kind} arch is a {type(arch).__name__}, not a dict")
-    required, optional = arch_keys(kind)
+    if kind == "teacher":
+        try:
+            teacher_class(arch)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    required, optional = arch_keys(kind, arch)
     missing, unknown = sorted(required - set(arch)), sorted(set(arch) - required - optional)
     if missing or unknown:
         problems = ([f"lacks {missing}"] if missing else []) + ([f"has unknown {unknown}"] if unknown else [])

@@ -35,7 +35,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
                     "OUTPUT/probability/, OUTPUT/mask/ (0/255) and OUTPUT/instances/ (labels 1..n), one "
                     ".tiff per image, and OUTPUT/predictions.csv (one row per input file).")
     predict.add_argument("--checkpoint", required=True, type=Path,
-                         help="model checkpoint, e.g. results/models/student_expanded_0.pth")
+                         help="model checkpoint, e.g. results/models/student_expanded_anchored_0.pth")
     predict.add_argument("--input", required=True, type=Path, help="folder of images to segment")
     predict.add_argument("--output", required=True, type=Path, help="folder the results are written to")
     predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: %(default)s)")

@@ -89,21 +89,80 @@ def _semantic_problems(config: dict) -> list[str]:
                         f"'input_size' = {size} (expansion crops input_size windows from pool tiles)")
     if len(set(config["seeds"])) != len(config["seeds"]):
         problems.append(f"config key 'seeds' has duplicates: {config['seeds']}")
-    return problems + _condition_problems(config) + _distributed_problems(config) + _output_set_problems(config)
+    return (problems + _condition_problems(config) + _distributed_problems(config) + _output_set_problems(config)
+            + _error_map_problems(config))
 
 
-# The student rows of the summary table that each condition adds (baseline is always there).
+def _error_map_problems(config: dict) -> list[str]:
+    """The error-map UNet needs one stride fewer than channels, and whole feature maps; a
+    committee can only draw teachers from seeds that are trained."""
+    problems = []
+    unet = config["error_map_teacher"]
+    if len(unet["strides"]) != len(unet["channels"]) - 1:
+        problems.append(f"config key 'error_map_teacher.strides' needs len(channels) - 1 = {len(unet['channels']) - 1} "
+                        f"entries (a UNet level per channel, one stride between levels), got {len(unet['strides'])}")
+    elif config["input_size"] % math.prod(unet["strides"]):
+        problems.append(f"config key 'input_size' = {config['input_size']} must be divisible by the product of "
+                        f"'error_map_teacher.strides' = {math.prod(unet['strides'])}")
+    seeds = config["expand"]["committee"]["seeds"]
+    if "committee" in config["expand"]["variants"] and seeds > len(config["seeds"]):
+        problems.append(f"config key 'expand.committee.seeds' = {seeds} is more than the {len(config['seeds'])} "
+                        f"trained seeds ('seeds' = {config['seeds']})")
+    return problems
+
+
+# The student rows of the summary table that each condition adds (baseline is always there);
+# expansion's rows depend on its variants (expansion_rows).
 CONDITION_STUDENTS = {
-    "expansion": ["joint", "expanded"],
     "ensemble_distillation": ["ensemble_distilled"],
     "pseudo_label": ["pseudo_labelled"],
     "feature_distillation": ["feature_distilled"],
 }
+# Knowledge-expansion variants (config expand.variants), each a student row expanded_<variant>.
+EXPANSION_VARIANTS = ("faithful", "anchored", "error_map", "alternating", "committee")
+# Teacher kinds: the scalar MONAI Critic (section 'teacher') and the per-pixel error-map UNet
+# (section 'error_map_teacher'); each is pretrained and joint-trained with its own student.
+TEACHER_KINDS = ("critic", "error_map")
+
+
+def variant_teacher_kinds(config: dict, variant: str) -> list[str]:
+    """The joint-trained teacher kinds an expansion variant minimises the prediction of."""
+    if variant == "error_map":
+        return ["error_map"]
+    if variant == "committee":
+        return list(config["expand"]["committee"]["teachers"])
+    return ["critic"]
+
+
+def teacher_kinds(config: dict) -> list[str]:
+    """Teacher kinds the listed conditions train: the Critic whenever expansion runs (every
+    variant starts from its joint student), the error-map teacher when a variant uses it."""
+    if "expansion" not in config["conditions"]:
+        return []
+    used = {kind for variant in config["expand"]["variants"] for kind in variant_teacher_kinds(config, variant)}
+    return ["critic", *(kind for kind in TEACHER_KINDS[1:] if kind in used)]
+
+
+def teacher_stage(kind: str, stage: str) -> str:
+    """A teacher's stage name in file names and tables: 'pretrained', 'joint_error_map', ..."""
+    return stage if kind == "critic" else f"{stage}_{kind}"
+
+
+def expansion_rows(config: dict) -> list[str]:
+    """The expansion condition's student rows: each teacher kind's joint student, then one
+    expanded student per variant."""
+    return [teacher_stage(kind, "joint") for kind in teacher_kinds(config)] + \
+        [f"expanded_{variant}" for variant in config["expand"]["variants"]]
+
+
+def condition_rows(config: dict, condition: str) -> list[str]:
+    """The student rows one condition adds to the table."""
+    return expansion_rows(config) if condition == "expansion" else CONDITION_STUDENTS.get(condition, [])
 
 
 def student_rows(config: dict) -> list[str]:
     """Every student of the listed conditions, in the order of the conditions list."""
-    return ["baseline", *(row for c in config["conditions"] for row in CONDITION_STUDENTS.get(c, []))]
+    return ["baseline", *(row for c in config["conditions"] for row in condition_rows(config, c))]
 
 
 def networks_used(config: dict) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .losses import per_image_bce
-from .metrics import InstanceMeter, SegmentationMeter, teacher_agreement
+from .metrics import InstanceMeter, PixelAurocMeter, SegmentationMeter, teacher_agreement
 from .predict import sliding_window
 from .store import edge_flush_starts
 
@@ -96,6 +96,23 @@ def teacher_predictions(teacher: nn.Module, items: list[dict], probs: list[np.nd
                          # over the tile's labelled pixels only (tiles() pads valid with 0)
                          "true": float(per_image_bce(prob_t, mask_t, valid=valid_t[0] if valid_t else None)[0])})
     return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def pixel_error_auroc(teacher: nn.Module, items: list[dict], probs: list[np.ndarray], input_size: int,
+                      device: torch.device, threshold: float = 0.5) -> PixelAurocMeter:
+    """How well an error-map teacher's predicted per-pixel error finds the pixels a student got
+    wrong (``(prob >= threshold) != mask``), over the labelled pixels of input-size tiles."""
+    teacher.eval()
+    meter = PixelAurocMeter()
+    for item, prob in zip(items, probs):
+        valid = item["valid"] if "valid" in item else np.ones(prob.shape, np.float32)
+        for _, (image, tile_prob, mask, tile_valid) in tiles([item["image"], prob, item["mask"], valid], input_size):
+            image_t, prob_t = (torch.from_numpy(np.ascontiguousarray(a))[None, None].float().to(device)
+                               for a in (image, tile_prob))
+            predicted = teacher(image_t, prob_t, dense=True)[0, 0].float().cpu().numpy()
+            meter.update(predicted, (tile_prob >= threshold) != (mask > 0), tile_valid)
+    return meter
 
 
 def summarise_teacher(per_tile: pd.DataFrame) -> dict[str, float]:

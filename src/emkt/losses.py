@@ -37,9 +37,14 @@ def per_image_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = PROB_EP
     quantity the teacher predicts, for corrupted masks and student outputs alike. ``valid``:
     see the module docstring.
     """
+    return _per_image_mean(pixel_bce(prob, target, eps), valid)
+
+
+def pixel_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = PROB_EPS) -> torch.Tensor:
+    """Binary cross-entropy of every pixel, shape ``(B, 1, H, W)``: the error map that an
+    error-map teacher predicts; its mean over the labelled pixels is ``per_image_bce``."""
     p = prob.float().clamp(eps, 1.0 - eps)  # float32 also under autocast: log of bf16 is coarse
-    pixel = -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
-    return _per_image_mean(pixel, valid)
+    return -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
 
 
 def per_image_bce_with_logits(
@@ -61,3 +66,14 @@ def per_image_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     """Mean squared error per image, shape ``(B,)``, e.g. of student probabilities against
     soft labels (distillation). ``valid``: see the module docstring."""
     return _per_image_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), valid)
+
+
+def per_image_kl_with_logits(logits: torch.Tensor, target: torch.Tensor, eps: float = PROB_EPS,
+                             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-pixel KL divergence KL(target || sigmoid(logits)) of Bernoulli distributions,
+    per image, shape ``(B,)``: the BCE against the soft target minus the target's own
+    entropy, so it is 0 where the two agree. ``valid``: see the module docstring."""
+    q = target.float().clamp(eps, 1.0 - eps)
+    entropy = -(q * torch.log(q) + (1.0 - q) * torch.log1p(-q))
+    pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none") - entropy
+    return _per_image_mean(pixel, valid)

@@ -25,7 +25,7 @@ import torch
 from monai.metrics import calibration_binning, get_confusion_matrix
 from scipy import stats
 
-__all__ = ["InstanceMeter", "SegmentationMeter", "instance_scores", "instances_from_probability",
+__all__ = ["InstanceMeter", "PixelAurocMeter", "SegmentationMeter", "instance_scores", "instances_from_probability",
            "segmentation_scores", "teacher_agreement"]
 
 # A predicted object matches a true one at IoU >= 0.5 (object F1 "at 0.5", as in panoptic quality).
@@ -210,6 +210,44 @@ def teacher_agreement(predicted: np.ndarray, true: np.ndarray) -> dict[str, floa
         spearman = float(stats.spearmanr(predicted, true).statistic)
         pearson = float(stats.pearsonr(predicted, true).statistic)
     return {"mae": mae, "spearman": spearman, "pearson": pearson}
+
+
+class PixelAurocMeter:
+    """AUROC of a predicted per-pixel error map as a detector of the wrongly classified pixels
+    (``(prob >= threshold) != gt``), pooled over every pixel it sees.
+
+    Scores are counted in fixed bins (``bins`` over [0, ``top``]; the BCE an error-map teacher
+    predicts is at most -log(1e-3) ~ 6.9), so memory stays constant for any number of images
+    and meters merge across images and ranks. Scores in one bin count as ties (half a correct
+    ordering each), so the result can differ from the exact AUROC by at most the fraction of
+    pairs that share a bin. NaN when either class is missing.
+    """
+
+    def __init__(self, bins: int = 4096, top: float = 7.0) -> None:
+        self.edges = np.linspace(0.0, top, bins + 1)
+        self.wrong = np.zeros(bins, np.int64)
+        self.right = np.zeros(bins, np.int64)
+
+    def update(self, predicted_error: np.ndarray, wrong: np.ndarray, valid: np.ndarray | None = None) -> None:
+        keep = np.ones(wrong.shape, bool) if valid is None else valid > 0
+        index = np.clip(np.searchsorted(self.edges, np.asarray(predicted_error)[keep], side="right") - 1,
+                        0, len(self.wrong) - 1)
+        is_wrong = np.asarray(wrong, bool)[keep]
+        self.wrong += np.bincount(index[is_wrong], minlength=len(self.wrong))
+        self.right += np.bincount(index[~is_wrong], minlength=len(self.right))
+
+    def merge(self, other: PixelAurocMeter) -> PixelAurocMeter:
+        merged = PixelAurocMeter(len(self.wrong), float(self.edges[-1]))
+        merged.wrong, merged.right = self.wrong + other.wrong, self.right + other.right
+        return merged
+
+    def compute(self) -> float:
+        n_wrong, n_right = self.wrong.sum(), self.right.sum()
+        if n_wrong == 0 or n_right == 0:
+            return float("nan")
+        right_below = np.cumsum(self.right) - self.right  # right pixels in lower bins
+        ordered = (self.wrong * right_below).sum() + 0.5 * (self.wrong * self.right).sum()
+        return float(ordered / (n_wrong * n_right))
 
 
 def count_objects(binary: np.ndarray) -> int:

@@ -71,12 +71,58 @@ class LossPredictor(nn.Module):
         return F.softplus(self.net(torch.cat([image, prob], dim=1))).flatten()
 
 
+class ErrorMapPredictor(nn.Module):
+    """MONAI UNet on (image, mask probability) predicting that mask's per-pixel BCE map: the
+    "error distribution" taken per pixel. softplus keeps the map non-negative.
+
+    Called like the scalar teacher it returns the map's per-image mean, shape ``(B,)``: a
+    prediction of the same per-image BCE, so both kinds share the scalar evaluation (MAE,
+    Spearman) and can sit in one committee. ``dense=True`` returns the map ``(B, 1, H, W)``.
+    """
+
+    def __init__(self, input_size: int, channels: list[int], strides: list[int],
+                 num_res_units: int, dropout: float, norm: str = "BATCH") -> None:
+        super().__init__()
+        del input_size  # fully convolutional: any size divisible by the strides' product
+        self.net = UNet(spatial_dims=2, in_channels=2, out_channels=1, channels=tuple(channels),
+                        strides=tuple(strides), num_res_units=num_res_units, dropout=dropout, norm=norm)
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        error_map = F.softplus(self.net(torch.cat([image, prob], dim=1)).float())
+        return error_map if dense else error_map.flatten(1).mean(dim=1)
+
+
+# Teacher checkpoints' arch 'type' (none: the Critic, as written before error-map teachers).
+TEACHER_TYPES = {"critic": LossPredictor, "error_map": ErrorMapPredictor}
+
+
+def teacher_class(arch: dict) -> type[nn.Module]:
+    """The teacher network an arch describes (arch key 'type', default 'critic')."""
+    kind = arch.get("type", "critic")
+    if kind not in TEACHER_TYPES:
+        raise ValueError(f"unknown teacher type {kind!r}; allowed: {sorted(TEACHER_TYPES)}")
+    return TEACHER_TYPES[kind]
+
+
+def teacher_arch(config: dict, kind: str) -> dict:
+    """The arch of a teacher kind from the config: 'critic' (section 'teacher') or
+    'error_map' (section 'error_map_teacher')."""
+    return dict(config["teacher"]) if kind == "critic" else {"type": kind, **config["error_map_teacher"]}
+
+
+def is_dense_teacher(teacher: nn.Module) -> bool:
+    """Whether a teacher predicts per-pixel error maps (and accepts ``dense=True``)."""
+    return isinstance(teacher, ErrorMapPredictor)
+
+
 def build_student(student_cfg: dict, input_size: int) -> ViTSegmenter:
     return ViTSegmenter(input_size=input_size, **student_cfg)
 
 
-def build_teacher(teacher_cfg: dict, input_size: int) -> LossPredictor:
-    return LossPredictor(input_size=input_size, **teacher_cfg)
+def build_teacher(arch: dict, input_size: int) -> nn.Module:
+    """A teacher from its arch: the Critic (no 'type', or 'critic') or an error-map UNet."""
+    settings = {key: value for key, value in arch.items() if key != "type"}
+    return teacher_class(arch)(input_size=input_size, **settings)
 
 
 def segmenter_downsampling(arch: dict) -> int:

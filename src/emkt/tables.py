@@ -181,6 +181,15 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     return summary
 
 
+def compare_students(long: pd.DataFrame, conditions: list[str], metrics: list[str], reference: str) -> pd.DataFrame:
+    """``summarize`` of some student rows and metrics against another reference student, e.g.
+    the expansion variants against the joint student they all start from."""
+    _check_long(long)
+    chosen = long[(long["model"] == REFERENCE_MODEL) & long["condition"].isin([reference, *conditions])
+                  & long["metric"].isin(metrics)]
+    return summarize(chosen, reference=reference)
+
+
 def _fmt(x: float, digits: int, sign: bool = False) -> str:
     if math.isnan(x):
         return "–"

@@ -31,9 +31,10 @@ from .datasets import LabelledCrops, PoolCrops
 from .acceleration import Runtime, Update
 from .distributed import ProcessGroup, current, gather, global_batch_slices, local_batch_size, mean_over_ranks, shard
 from .evaluate import score_segmenter, summarise_teacher, teacher_predictions
-from .losses import per_image_bce, per_image_bce_with_logits, per_image_mse
+from .losses import per_image_bce, per_image_bce_with_logits, per_image_kl_with_logits, per_image_mse, pixel_bce
 from .metrics import SegmentationMeter
-from .models import FeatureProjection, FeatureTap, build_student, build_teacher, feature_channels, freeze
+from .models import (FeatureProjection, FeatureTap, build_student, build_teacher, feature_channels, freeze,
+                     is_dense_teacher, teacher_arch)
 from .resume import Checkpointing
 from .store import LabelledStore, SoftLabelStore, TileStore
 from .files import atomic_path
@@ -396,8 +397,19 @@ def new_student(cfg: dict) -> nn.Module:
     return build_student(cfg["student"], cfg["input_size"])
 
 
-def new_teacher(cfg: dict) -> nn.Module:
-    return build_teacher(cfg["teacher"], cfg["input_size"])
+def new_teacher(cfg: dict, kind: str = "critic") -> nn.Module:
+    """An untrained teacher of a kind: 'critic' (section 'teacher') or 'error_map'."""
+    return build_teacher(teacher_arch(cfg, kind), cfg["input_size"])
+
+
+def teacher_regression(train_teacher: nn.Module, dense: bool, image: torch.Tensor, prob: torch.Tensor,
+                       mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The teacher's training loss on one batch of (image, mask probability): the MSE of its
+    predicted per-image BCE, or, for an error-map teacher (``dense``), the MSE of its
+    predicted per-pixel BCE map over the labelled pixels."""
+    if dense:
+        return per_image_mse(train_teacher(image, prob, dense=True), pixel_bce(prob, mask), valid=valid).mean()
+    return F.mse_loss(train_teacher(image, prob).float(), per_image_bce(prob, mask, valid=valid))
 
 
 # ---------------------------------------------------------------- stage 1: teacher pretraining
@@ -440,12 +452,15 @@ def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], bat
 
 
 def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
-                     device: torch.device | str, resume: Checkpointing | None = None) -> nn.Module:
-    """Teach the teacher to predict BCE(corrupted GT, GT) from (image, corrupted GT)."""
+                     device: torch.device | str, resume: Checkpointing | None = None,
+                     kind: str = "critic") -> nn.Module:
+    """Teach a teacher of ``kind`` to predict BCE(corrupted GT, GT) from (image, corrupted GT):
+    the per-image BCE (Critic) or the per-pixel BCE map (error map)."""
     stage_cfg = cfg["teacher_pretrain"]
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt)
-    teacher = new_teacher(cfg)
+    teacher = new_teacher(cfg, kind)
+    dense = is_dense_teacher(teacher)
     train_teacher, update, scheduler = optimisation(rt, teacher, cfg["train"])
     corruptor = MaskCorruptor(stage_cfg["corruption"], seed=seed)
     val_set = corrupted_validation_set(data.val_items, cfg["input_size"], stage_cfg["val_corruptions_per_image"],
@@ -457,12 +472,12 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
         for batch in progress(data.train.epoch(epoch), "pretrain_teacher", epoch):
             corrupted = corruptor.corrupt_batch(batch["mask"])
             batch = rt.batch({**batch, "corrupted": corrupted})
-            target = per_image_bce(batch["corrupted"], batch["mask"], valid=batch["valid"])
             with rt.autocast():
-                predicted = train_teacher(batch["image"], batch["corrupted"])
-            loss = F.mse_loss(predicted.float(), target)
+                loss = teacher_regression(train_teacher, dense, batch["image"], batch["corrupted"], batch["mask"],
+                                          batch["valid"])
             update(loss)
-            tracker.add(mse=loss, target_mean=target.mean())
+            tracker.add(mse=loss, target_mean=per_image_bce(batch["corrupted"], batch["mask"],
+                                                            valid=batch["valid"]).mean())
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch,
@@ -543,6 +558,7 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
     schedulers = [scheduler_s, scheduler_t]
     corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 1)
     weight = stage_cfg["teacher_loss_weight"]
+    dense = is_dense_teacher(teacher)
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
@@ -562,14 +578,11 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
             loss_s = (bce + weight * predicted.float()).mean()
             update_s(loss_s)
 
-            prob = prob.detach()
-            target = per_image_bce(prob, mask, valid=batch["valid"])
             with rt.autocast():
-                loss_t = F.mse_loss(train_teacher(image, prob).float(), target)
+                loss_t = teacher_regression(train_teacher, dense, image, prob.detach(), mask, batch["valid"])
                 if corrupted is not None:
                     corrupted = corrupted.to(rt.device, non_blocking=True)
-                    loss_t = loss_t + F.mse_loss(train_teacher(image, corrupted).float(),
-                                                 per_image_bce(corrupted, mask, valid=batch["valid"]))
+                    loss_t = loss_t + teacher_regression(train_teacher, dense, image, corrupted, mask, batch["valid"])
             update_t(loss_t)
             tracker.add(student_loss=loss_s, bce=bce.mean(),
                         teacher_predicted=predicted.float().mean(), teacher_mse=loss_t)
@@ -640,43 +653,127 @@ class ExpansionGuard:
         return None
 
 
-def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teacher: nn.Module,
-                   history_path: str | Path, device: torch.device | str,
-                   resume: Checkpointing | None = None) -> nn.Module:
-    """Train the student on unlabelled images to minimise the frozen teacher's predicted loss.
+class Committee(nn.Module):
+    """Frozen teachers whose predicted per-image losses combine by mean or max: one teacher is
+    a committee of one. Not trained here (ExpansionSteps refreshes the one teacher of the
+    alternating variant itself), so it is not wrapped for data parallelism."""
 
-    Validation IoU on the labelled validation split picks the kept epoch, the starting
-    student (epoch 0) included, and ExpansionGuard ends a stage that collapses.
+    def __init__(self, teachers: list[nn.Module], reduce: str = "mean") -> None:
+        super().__init__()
+        self.teachers, self.reduce = nn.ModuleList(teachers), reduce
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        predicted = torch.stack([teacher(image, prob).float() for teacher in self.teachers])
+        return predicted.max(dim=0).values if self.reduce == "max" else predicted.mean(dim=0)
+
+
+def consistency_loss(logits: torch.Tensor, reference_prob: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image distance of the student's pool predictions from the frozen joint student's
+    probabilities (config expand.consistency): BCE, or Bernoulli KL (0 at agreement)."""
+    if kind == "kl":
+        return per_image_kl_with_logits(logits, reference_prob)
+    return per_image_bce_with_logits(logits, reference_prob)
+
+
+def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teachers: list[nn.Module],
+                   history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
+                   variant: str = "faithful") -> nn.Module:
+    """Knowledge expansion: train the joint student on unlabelled pool images to minimise the
+    predicted loss of ``teachers`` (config expand; README "Expansion variants").
+
+    - faithful (the paper): pool batches only, one frozen teacher.
+    - every other variant is anchored: each step adds expand.labelled_weight x the BCE of a
+      labelled batch, and expand.consistency_weight x the distance of the student's pool
+      predictions from the frozen starting student's.
+    - alternating: the (one) teacher is refreshed every expand.refresh_every student steps on
+      the current student's predictions of a labelled batch, as in joint training.
+    - committee: several teachers' predictions, combined by expand.committee.reduce.
+
+    Validation IoU picks the kept epoch, the starting student (epoch 0) included, and
+    ExpansionGuard ends a stage that collapses.
     """
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
+    anchored, alternating = variant != "faithful", variant == "alternating"
+    if alternating and len(teachers) != 1:
+        raise ValueError(f"the alternating variant refreshes one teacher, got {len(teachers)}")
     rt = Runtime.from_config(cfg, device)
-    teacher = freeze(rt.place(teacher))
+    teachers = [rt.place(teacher) for teacher in teachers]
+    committee = Committee(teachers, stage_cfg["committee"]["reduce"])
+    if not alternating:  # the alternating variant's teacher trains between student steps
+        freeze(committee)
     transform = train_augmentation(seed, keys=("image",)) if cfg["train"]["augment"] else None
     if files.pool is None:
         raise ValueError("expansion needs the pool store (DataFiles.pool)")
     pool = PoolCrops(TileStore(files.pool), size, seed, transform=transform)
     loader = make_loader(pool, cfg, seed, rt, limit=stage_cfg["images_per_epoch"])
-    val_items = files.split_items("val")
+    labelled = labelled_data(cfg, seed + 1, files, rt) if anchored else None
+    val_items = labelled.val_items if labelled is not None else files.split_items("val")
+    w_labelled, w_consistency = stage_cfg["labelled_weight"], stage_cfg["consistency_weight"]
+    reference = freeze(copy.deepcopy(student)) if anchored and w_consistency > 0 else None
     train_student, update, scheduler = optimisation(rt, student, cfg["train"])
+    schedulers, stateful = [scheduler], {"optimizer": update, "scheduler": scheduler}
+    if alternating:
+        teacher = teachers[0].requires_grad_(True).train()
+        train_teacher, update_t, scheduler_t = optimisation(rt, teacher, cfg["train"])
+        corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 2)
+        schedulers.append(scheduler_t)
+        stateful.update(teacher=teacher, optimizer_teacher=update_t, scheduler_teacher=scheduler_t,
+                        corruptor=corruptor)
+
+    def refresh_teacher(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One teacher step on the current student's predictions of a labelled batch."""
+        corrupted = corruptor.corrupt_batch(batch["mask"]) if cfg["joint"]["corrupted_batch"] else None
+        batch = rt.batch(batch)
+        with torch.no_grad(), rt.autocast():
+            prob = torch.sigmoid(student(batch["image"]).float())
+        with rt.autocast():
+            loss = teacher_regression(train_teacher, is_dense_teacher(teacher), batch["image"], prob, batch["mask"],
+                                      batch["valid"])
+            if corrupted is not None:
+                loss = loss + teacher_regression(train_teacher, is_dense_teacher(teacher), batch["image"],
+                                                 corrupted.to(rt.device, non_blocking=True), batch["mask"],
+                                                 batch["valid"])
+        update_t(loss)
+        return loss
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()
         tracker, seen = MeanTracker(), 0
-        for batch in progress(loader.epoch(epoch), "expand", epoch):
-            image = rt.batch(batch)["image"]
+        labelled_batches = cycle(labelled.train, epoch) if labelled is not None else None
+        for step, pool_batch in enumerate(progress(loader.epoch(epoch), f"expand_{variant}", epoch)):
+            image = rt.batch(pool_batch)["image"]
+            batch = rt.batch(next(labelled_batches)) if labelled_batches is not None else None
+            # one forward pass over pool and labelled images (one DDP forward per backward)
+            inputs = image if batch is None else torch.cat([image, batch["image"]])
             with rt.autocast():
-                prob = torch.sigmoid(train_student(image))
-                loss = teacher(image, prob).float().mean()
+                logits_all = train_student(inputs)
+                logits = logits_all[:len(image)]
+                prob = torch.sigmoid(logits)
+                with frozen(committee):  # gradients reach the student through the teachers' input
+                    predicted = committee(image, prob)
+            loss = predicted.mean()
+            values = {"teacher_predicted": loss.detach(), "predicted_fraction": (prob > 0.5).float().mean()}
+            if batch is not None:
+                bce = gt_bce(logits_all[len(image):], batch, cfg).mean()
+                loss = loss + w_labelled * bce
+                values["bce"] = bce.detach()
+            if reference is not None:
+                with torch.no_grad(), rt.autocast():
+                    reference_prob = torch.sigmoid(reference(image).float())
+                consistency = consistency_loss(logits, reference_prob, stage_cfg["consistency"]).mean()
+                loss = loss + w_consistency * consistency
+                values["consistency"] = consistency.detach()
             update(loss)
-            tracker.add(teacher_predicted=loss, predicted_fraction=(prob > 0.5).float().mean())
+            if alternating and (step + 1) % stage_cfg["refresh_every"] == 0:
+                values["teacher_mse"] = refresh_teacher(next(labelled_batches)).detach()
+            tracker.add(loss=loss.detach(), **values)
             seen += len(image)
         return {**tracker.means(), "pool_images": seen}
 
-    best = fit(stage_cfg["epochs"], train_epoch,
-               lambda: student_validation(student, val_items, cfg, rt)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "expand",
-               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group,
+    best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, val_items, cfg, rt)[0],
+               {"student": student}, schedulers, Selection("iou"), history_path, f"expand_{variant}",
+               stateful, resume, CollapseGuard.from_config(cfg), rt.group,
                validate_start=True, early_stop=ExpansionGuard.from_config(cfg, files))
     student.load_state_dict(best["student"])
     return student

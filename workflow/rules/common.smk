@@ -5,7 +5,8 @@ from pathlib import Path
 # The config check lives in the package (it also runs inside every job); import it from
 # the repository so that Snakemake needs no installed copy of the package.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from emkt.config import ConfigError, reference_networks, student_rows, validate_config
+from emkt.config import (ConfigError, expansion_rows, reference_networks, student_rows, teacher_kinds, teacher_stage,
+                         validate_config, variant_teacher_kinds)
 from emkt.cluster import job_resources as distributed_job_resources
 from emkt.data import TIFF_SUFFIXES, find_images
 
@@ -22,8 +23,11 @@ ENSEMBLE = config["ensemble_distillation"]
 PSEUDO = config["pseudo_label"]
 FEATURE = config["feature_distillation"]
 # Students the loss-predicting teachers are evaluated on (the expansion condition's rows).
-STUDENT_CONDITIONS = ["baseline", "joint", "expanded"] if "expansion" in CONDITIONS else ["baseline"]
-TEACHER_STAGES = ["pretrained", "joint"] if "expansion" in CONDITIONS else []
+STUDENT_CONDITIONS = ["baseline", *expansion_rows(config)] if "expansion" in CONDITIONS else ["baseline"]
+VARIANTS = config["expand"]["variants"] if "expansion" in CONDITIONS else []
+# Teacher stages by kind: pretrained, joint (the Critic), pretrained_error_map, joint_error_map.
+STAGE_KINDS = {teacher_stage(kind, stage): kind for kind in teacher_kinds(config) for stage in ("pretrained", "joint")}
+TEACHER_STAGES = list(STAGE_KINDS)
 # Every student row of the table, in the order of the conditions list, and the reference rows:
 # the segmenters and the ensemble that some condition uses (emkt.config).
 STUDENTS = student_rows(config)
@@ -49,9 +53,9 @@ STORE_SHARDS = {"labelled": config["store"]["labelled_shards"], "pool": config["
 EMPIAR = config["data"]["empiar"]
 ARCHIVES = {Path(EMPIAR[role]["file"]).stem: dict(EMPIAR[role], role=role) for role in ("labelled", "unlabelled")}
 HISTORY_STAGES = (
-    (["teacher_pretrained"] if TEACHER_STAGES else [])
+    [f"teacher_{stage}" for stage in TEACHER_STAGES if stage.startswith("pretrained")]
     + [f"segmenter_{name}" for name in TRAINED_SEGMENTERS]
-    + [{"joint": "joint"}.get(student, f"student_{student}") for student in STUDENTS]
+    + [student if student in STAGE_KINDS else f"student_{student}" for student in STUDENTS]
 )
 
 
@@ -64,6 +68,9 @@ wildcard_constraints:
     condition="|".join([*STUDENTS, *REFERENCES]),
     segmenter="|".join(SEGMENTERS) or "(?!)",
     stage="|".join(TEACHER_STAGES) or "(?!)",
+    pretrained="|".join(s for s in TEACHER_STAGES if s.startswith("pretrained")) or "(?!)",
+    joint="|".join(s for s in TEACHER_STAGES if s.startswith("joint")) or "(?!)",
+    variant="|".join(VARIANTS) or "(?!)",
     external="|".join(re.escape(name) for name in EXTERNAL) or "(?!)",
     prediction="|".join(re.escape(name) for name in PREDICT) or "(?!)",
 
@@ -127,6 +134,17 @@ def store_shards(store_set):
     """The shard files a store's manifest lists (the pool's arrays, the labelled tables)."""
     suffix = ".npy" if store_set == "pool" else ".csv"
     return [f"results/store/{store_set}/shard-{k:05d}{suffix}" for k in range(STORE_SHARDS[store_set])]
+
+
+def expansion_teachers(wildcards):
+    """The joint teachers an expansion variant minimises: one per kind of the variant, and
+    for a committee also those of the next expand.committee.seeds - 1 seeds (cyclically)."""
+    seeds = [int(wildcards.seed)]
+    if wildcards.variant == "committee":
+        start = SEEDS.index(seeds[0])
+        seeds = [SEEDS[(start + k) % len(SEEDS)] for k in range(config["expand"]["committee"]["seeds"])]
+    return [f"results/models/teacher_{teacher_stage(kind, 'joint')}_{seed}.pth"
+            for kind in variant_teacher_kinds(config, wildcards.variant) for seed in seeds]
 
 
 def student_model(condition, seed):

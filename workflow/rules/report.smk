@@ -1,6 +1,12 @@
 STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce", "object_f1", "pq"]
 # The metrics compared across the test split and the external sets.
 DATASET_METRICS = ["iou", "dice", "object_f1", "pq"]
+# With the expansion condition: its variants against the joint student (paired over seeds).
+EXPANSION_METRICS = ["iou", "dice", "object_f1"]
+EXPANSION_TABLES = (
+    {"expansion": "results/tables/expansion.md", "expansion_csv": "results/tables/expansion.csv"}
+    if "expansion" in CONDITIONS else {}
+)
 EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
     f"results/eval/reference_{c}_{{seed}}.csv" for c in REFERENCES
 ]
@@ -19,6 +25,10 @@ rule aggregate:
         long="results/tables/metrics_long.csv",
         csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
         markdown="results/tables/summary.md",
+        **EXPANSION_TABLES,
+    params:
+        expansion_rows=[row for row in STUDENT_CONDITIONS if row not in ("baseline", "joint")],
+        expansion_metrics=EXPANSION_METRICS,
     log:
         "results/logs/aggregate.log",
     benchmark:

@@ -3,20 +3,25 @@
 
 
 
+# Teachers: {pretrained} is 'pretrained' (the Critic) or 'pretrained_error_map', {joint} is
+# 'joint' or 'joint_error_map' (emkt.config.teacher_stage); each kind has its own joint student.
+
+
 rule pretrain_teacher:
     input:
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
     output:
-        model="results/models/teacher_pretrained_{seed}.pth",
-        history="results/history/teacher_pretrained_{seed}.csv",
+        model="results/models/teacher_{pretrained}_{seed}.pth",
+        history="results/history/teacher_{pretrained}_{seed}.csv",
     params:
-        state=training_state("pretrain_teacher"),
-        **training_params("teacher", "teacher_pretrain"),
+        state=training_state("pretrain_teacher", "{pretrained}_{seed}"),
+        kind=lambda wildcards: STAGE_KINDS[wildcards.pretrained],
+        **training_params("teacher", "error_map_teacher", "teacher_pretrain"),
     log:
-        "results/logs/pretrain_teacher/{seed}.log",
+        "results/logs/pretrain_teacher/{pretrained}_{seed}.log",
     benchmark:
-        "results/benchmarks/pretrain_teacher/{seed}.tsv"
+        "results/benchmarks/pretrain_teacher/{pretrained}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
@@ -55,18 +60,19 @@ rule joint_train:
     input:
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
-        teacher="results/models/teacher_pretrained_{seed}.pth",
+        teacher=lambda wildcards: f"results/models/teacher_{wildcards.joint.replace('joint', 'pretrained')}_{wildcards.seed}.pth",
     output:
-        teacher="results/models/teacher_joint_{seed}.pth",
-        student="results/models/student_joint_{seed}.pth",
-        history="results/history/joint_{seed}.csv",
+        teacher="results/models/teacher_{joint}_{seed}.pth",
+        student="results/models/student_{joint}_{seed}.pth",
+        history="results/history/{joint}_{seed}.csv",
     params:
-        state=training_state("joint_train"),
-        **training_params("student", "teacher", "joint"),
+        state=training_state("joint_train", "{joint}_{seed}"),
+        kind=lambda wildcards: STAGE_KINDS[wildcards.joint],
+        **training_params("student", "teacher", "error_map_teacher", "joint"),
     log:
-        "results/logs/joint_train/{seed}.log",
+        "results/logs/joint_train/{joint}_{seed}.log",
     benchmark:
-        "results/benchmarks/joint_train/{seed}.tsv"
+        "results/benchmarks/joint_train/{joint}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:
@@ -77,23 +83,27 @@ rule joint_train:
         "../scripts/joint_train.py"
 
 
+# Every expansion variant starts from the Critic's joint student; the teachers it reads are
+# the joint teachers of the variant's kinds (a committee: of several seeds too).
+
+
 rule expand_student:
     input:
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
         pool=POOL_STORE,
         student="results/models/student_joint_{seed}.pth",
-        teacher="results/models/teacher_joint_{seed}.pth",
+        teachers=expansion_teachers,
     output:
-        model="results/models/student_expanded_{seed}.pth",
-        history="results/history/student_expanded_{seed}.csv",
+        model="results/models/student_expanded_{variant}_{seed}.pth",
+        history="results/history/student_expanded_{variant}_{seed}.csv",
     params:
-        state=training_state("expand_student"),
-        **training_params("expand"),
+        state=training_state("expand_student", "{variant}_{seed}"),
+        **training_params("joint", "teacher_pretrain", "expand"),
     log:
-        "results/logs/expand_student/{seed}.log",
+        "results/logs/expand_student/{variant}_{seed}.log",
     benchmark:
-        "results/benchmarks/expand_student/{seed}.tsv"
+        "results/benchmarks/expand_student/{variant}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
     threads: config["resources"]["train"]["threads"]
     resources:

@@ -1,8 +1,9 @@
-"""Stage 4: knowledge expansion of the joint student on the unlabelled pool."""
+"""Stage 4: knowledge expansion of the joint student on the unlabelled pool, one variant."""
 
 from jobsetup import start_training_job, training_checkpointing, data_files
 
 seed = int(snakemake.wildcards.seed)
+variant = snakemake.wildcards.variant
 config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
@@ -10,9 +11,10 @@ from emkt.checkpoints import load_model, save_model
 from emkt.train import expand_student
 
 student, _ = load_model(snakemake.input.student, expected_kind="student")
-teacher, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
+teachers = [load_model(path, expected_kind="teacher")[0] for path in snakemake.input.teachers]
 files = data_files(snakemake, config)
-student = expand_student(config, seed, files, student, teacher, snakemake.output.history, device, resume)
+student = expand_student(config, seed, files, student, teachers, snakemake.output.history, device, resume,
+                         variant=variant)
 save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
-           {"condition": "expanded", "seed": seed})
+           {"condition": f"expanded_{variant}", "seed": seed})
 resume.clear()
