@@ -57,6 +57,7 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c["expand"].update(variants=["greedy"]), "'expand.variants.0' = 'greedy' is not allowed; allowed "
          "values: ['faithful', 'anchored', 'error_map', 'alternating', 'committee']"),
         (lambda c: c["expand"].update(consistency="l2"), "'expand.consistency' = 'l2' is not allowed"),
+        (lambda c: c["expand"].update(lr_scale=0), "'expand.lr_scale' = 0"),
         (lambda c: c["expand"]["committee"].update(reduce="median"), "'expand.committee.reduce' = 'median'"),
         (lambda c: c["error_map_teacher"].update(strides=[2, 2, 2, 2]), "'error_map_teacher.strides' needs "
          "len(channels) - 1 = 3 entries"),

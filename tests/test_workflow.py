@@ -214,7 +214,7 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert len(soft) == (split["split"] == "train").sum()
     # Pseudo-label shards are temporary by default (as large as the pool): gone once used.
     assert (results / "pseudo" / "0.json").is_file() and not list((results / "pseudo" / "0").glob("*.npy"))
-    assert (results / "benchmarks" / "joint_train" / "1.tsv").is_file()
+    assert (results / "benchmarks" / "joint_train" / "joint_1.tsv").is_file()
     assert "epoch 2/2" in (results / "logs" / "expand_student" / "anchored_0.log").read_text()
 
 

@@ -711,11 +711,13 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     val_items = labelled.val_items if labelled is not None else files.split_items("val")
     w_labelled, w_consistency = stage_cfg["labelled_weight"], stage_cfg["consistency_weight"]
     reference = freeze(copy.deepcopy(student)) if anchored and w_consistency > 0 else None
-    train_student, update, scheduler = optimisation(rt, student, cfg["train"])
+    # expansion fine-tunes a trained student: a smaller step than training from scratch
+    fine_tuning = {**cfg["train"], "lr": cfg["train"]["lr"] * stage_cfg["lr_scale"]}
+    train_student, update, scheduler = optimisation(rt, student, fine_tuning)
     schedulers, stateful = [scheduler], {"optimizer": update, "scheduler": scheduler}
     if alternating:
         teacher = teachers[0].requires_grad_(True).train()
-        train_teacher, update_t, scheduler_t = optimisation(rt, teacher, cfg["train"])
+        train_teacher, update_t, scheduler_t = optimisation(rt, teacher, fine_tuning)
         corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 2)
         schedulers.append(scheduler_t)
         stateful.update(teacher=teacher, optimizer_teacher=update_t, scheduler_teacher=scheduler_t,
