@@ -35,7 +35,9 @@ TINY = {
     "student_baseline": {"epochs": 2},
     "joint": {"epochs": 2},
     # the expansion guards are unit-tested; here both epochs always run
-    "expand": {"epochs": 2, "images_per_epoch": 16, "stop_fraction_ratio": None, "stop_patience": 0},
+    # (and one variant, which needs one teacher kind: the committee default needs two)
+    "expand": {"epochs": 2, "images_per_epoch": 16, "stop_fraction_ratio": None, "stop_patience": 0,
+               "variants": ["anchored"]},
     "segmenters": {"unet": {"type": "unet", "width": 4, "depth": 3, "epochs": 2},
                    "basicunet": {"type": "basicunet", "width": 4, "epochs": 2}},
     "ensemble_distillation": {"epochs": 2},

@@ -101,9 +101,12 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     """The paper's DAG (5 seeds, EMPIAR data) resolves before anything is downloaded."""
     result = snakemake(tmp_path, {}, "-n")
     jobs = job_stats(result.stdout + result.stderr)
-    assert jobs["pretrain_teacher"] == jobs["train_student_baseline"] == jobs["joint_train"] == jobs["expand_student"] == 5
-    # 6 students and 3 references (unet, basicunet, their ensemble with the baseline) per seed.
-    assert jobs["evaluate_model"] == 45 and jobs["evaluate_teacher"] == 10
+    # The default expansion variant, the committee, needs both teacher kinds: two pretrained
+    # and two joint-trained teachers (each with its joint student) per seed.
+    assert jobs["train_student_baseline"] == jobs["expand_student"] == 5
+    assert jobs["pretrain_teacher"] == jobs["joint_train"] == 10
+    # 7 students and 3 references (unet, basicunet, their ensemble with the baseline) per seed.
+    assert jobs["evaluate_model"] == 50 and jobs["evaluate_teacher"] == 20
     assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
     assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
