@@ -654,9 +654,10 @@ class ExpansionGuard:
 
 
 class Committee(nn.Module):
-    """Frozen teachers whose predicted per-image losses combine by mean or max: one teacher is
-    a committee of one. Not trained here (ExpansionSteps refreshes the one teacher of the
-    alternating variant itself), so it is not wrapped for data parallelism."""
+    """Teachers whose predicted per-image losses combine by mean or max; one teacher is a
+    committee of one. The student's steps see it frozen, so it is not wrapped for data
+    parallelism (expand_student trains the alternating variant's one teacher through its own
+    wrapper)."""
 
     def __init__(self, teachers: list[nn.Module], reduce: str = "mean") -> None:
         super().__init__()
