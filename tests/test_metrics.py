@@ -341,7 +341,7 @@ def test_pixel_auroc_meter_matches_the_exact_auroc_and_merges():
     halves.update(score[:20], wrong[:20])
     other = PixelAurocMeter()
     other.update(score[20:], wrong[20:])
-    assert halves.merge(other).compute() == pytest.approx(meter.compute())
+    assert halves.merge(other) is halves and halves.compute() == pytest.approx(meter.compute())
     # ignored pixels are not seen; a perfect and an inverted ranking; one class only: NaN
     valid = np.zeros_like(wrong, dtype=np.uint8)
     valid[:, :10] = 1

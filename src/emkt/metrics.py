@@ -237,9 +237,12 @@ class PixelAurocMeter:
         self.right += np.bincount(index[~is_wrong], minlength=len(self.right))
 
     def merge(self, other: PixelAurocMeter) -> PixelAurocMeter:
-        merged = PixelAurocMeter(len(self.wrong), float(self.edges[-1]))
-        merged.wrong, merged.right = self.wrong + other.wrong, self.right + other.right
-        return merged
+        """Add another meter's pixels (same bins), e.g. another student's. Returns self."""
+        if not np.array_equal(other.edges, self.edges):
+            raise ValueError("cannot merge AUROC meters with different bins")
+        self.wrong += other.wrong
+        self.right += other.right
+        return self
 
     def compute(self) -> float:
         n_wrong, n_right = self.wrong.sum(), self.right.sum()

@@ -13,6 +13,7 @@ import pandas as pd
 from emkt.checkpoints import load_model
 from emkt.evaluate import pixel_error_auroc, predict_probability, summarise_teacher, teacher_predictions
 from emkt.files import atomic_path
+from emkt.metrics import PixelAurocMeter
 from emkt.models import is_dense_teacher
 
 teacher, checkpoint = load_model(snakemake.input.teacher, expected_kind="teacher")
@@ -38,8 +39,8 @@ for condition, tiles in per_tile.groupby("student_condition", sort=False):
 # An error-map teacher also says where the errors are: the AUROC of its predicted per-pixel
 # error for the pixels each student got wrong, pooled and per student.
 if aurocs:
-    meters = list(aurocs.values())
-    agreement["pixel_auroc"] = functools.reduce(lambda a, b: a.merge(b), meters[1:], meters[0]).compute()
+    pooled = functools.reduce(PixelAurocMeter.merge, aurocs.values(), PixelAurocMeter())
+    agreement["pixel_auroc"] = pooled.compute()
     agreement.update({f"pixel_auroc@{condition}": meter.compute() for condition, meter in aurocs.items()})
 long = pd.DataFrame([{"model": "teacher", "condition": stage, "seed": seed, "metric": k, "value": v}
                      for k, v in agreement.items()])
