@@ -118,8 +118,6 @@ CONDITION_STUDENTS = {
     "pseudo_label": ["pseudo_labelled"],
     "feature_distillation": ["feature_distilled"],
 }
-# Knowledge-expansion variants (config expand.variants), each a student row expanded_<variant>.
-EXPANSION_VARIANTS = ("faithful", "anchored", "error_map", "alternating", "committee")
 # Teacher kinds: the scalar MONAI Critic (section 'teacher') and the per-pixel error-map UNet
 # (section 'error_map_teacher'); each is pretrained and joint-trained with its own student.
 TEACHER_KINDS = ("critic", "error_map")

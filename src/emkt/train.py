@@ -412,6 +412,18 @@ def teacher_regression(train_teacher: nn.Module, dense: bool, image: torch.Tenso
     return F.mse_loss(train_teacher(image, prob).float(), per_image_bce(prob, mask, valid=valid))
 
 
+def teacher_step_loss(train_teacher: nn.Module, dense: bool, image: torch.Tensor, prob: torch.Tensor,
+                      mask: torch.Tensor, valid: torch.Tensor, corrupted: torch.Tensor | None) -> torch.Tensor:
+    """The loss of one teacher step of joint training (and of the alternating expansion): its
+    regression on a student's detached predictions, plus, with ``corrupted`` masks (on the
+    host), on those, so that it keeps the whole error range."""
+    loss = teacher_regression(train_teacher, dense, image, prob.detach(), mask, valid)
+    if corrupted is not None:
+        loss = loss + teacher_regression(train_teacher, dense, image, corrupted.to(image.device, non_blocking=True),
+                                         mask, valid)
+    return loss
+
+
 # ---------------------------------------------------------------- stage 1: teacher pretraining
 
 def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, corruption: dict,
@@ -579,10 +591,7 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
             update_s(loss_s)
 
             with rt.autocast():
-                loss_t = teacher_regression(train_teacher, dense, image, prob.detach(), mask, batch["valid"])
-                if corrupted is not None:
-                    corrupted = corrupted.to(rt.device, non_blocking=True)
-                    loss_t = loss_t + teacher_regression(train_teacher, dense, image, corrupted, mask, batch["valid"])
+                loss_t = teacher_step_loss(train_teacher, dense, image, prob, mask, batch["valid"], corrupted)
             update_t(loss_t)
             tracker.add(student_loss=loss_s, bce=bce.mean(),
                         teacher_predicted=predicted.float().mean(), teacher_mse=loss_t)
@@ -718,6 +727,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     schedulers, stateful = [scheduler], {"optimizer": update, "scheduler": scheduler}
     if alternating:
         teacher = teachers[0].requires_grad_(True).train()
+        dense = is_dense_teacher(teacher)
         train_teacher, update_t, scheduler_t = optimisation(rt, teacher, fine_tuning)
         corruptor = MaskCorruptor(cfg["teacher_pretrain"]["corruption"], seed=seed + 2)
         schedulers.append(scheduler_t)
@@ -731,12 +741,8 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
         with torch.no_grad(), rt.autocast():
             prob = torch.sigmoid(student(batch["image"]).float())
         with rt.autocast():
-            loss = teacher_regression(train_teacher, is_dense_teacher(teacher), batch["image"], prob, batch["mask"],
-                                      batch["valid"])
-            if corrupted is not None:
-                loss = loss + teacher_regression(train_teacher, is_dense_teacher(teacher), batch["image"],
-                                                 corrupted.to(rt.device, non_blocking=True), batch["mask"],
-                                                 batch["valid"])
+            loss = teacher_step_loss(train_teacher, dense, batch["image"], prob, batch["mask"], batch["valid"],
+                                     corrupted)
         update_t(loss)
         return loss
 

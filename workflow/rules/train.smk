@@ -60,7 +60,7 @@ rule joint_train:
     input:
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
-        teacher=lambda wildcards: f"results/models/teacher_{wildcards.joint.replace('joint', 'pretrained')}_{wildcards.seed}.pth",
+        teacher=lambda wildcards: f"results/models/teacher_{teacher_stage(STAGE_KINDS[wildcards.joint], 'pretrained')}_{wildcards.seed}.pth",
     output:
         teacher="results/models/teacher_{joint}_{seed}.pth",
         student="results/models/student_{joint}_{seed}.pth",
