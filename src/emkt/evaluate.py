@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .losses import per_image_bce
-from .metrics import InstanceMeter, PixelAurocMeter, SegmentationMeter, teacher_agreement
+from .metrics import InstanceMeter, PixelAurocMeter, ScoreHistogram, SegmentationMeter, teacher_agreement
 from .predict import sliding_window
 from .store import edge_flush_starts
 
@@ -37,6 +37,42 @@ def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, ove
     objects = score_instances(items, probs, threshold, min_object_size)
     per_image = meter.per_image().merge(objects.per_image(), on="name", how="left", validate="one_to_one")
     return {**meter.compute(), **objects.compute()}, per_image, probs
+
+
+def calibrated_scores(items: list[dict], probs: list[np.ndarray], calibration: dict, num_bins: int = 15
+                      ) -> dict[str, float]:
+    """Scores of probability maps under a calibration chosen on validation
+    (emkt.calibration.calibrate): ``iou_tuned`` at its threshold and ``ece_calibrated`` of the
+    probabilities at its temperature, ``ap`` (threshold-free), and the ``threshold`` and
+    ``temperature`` themselves, so that tables show what was applied."""
+    temperature = float(calibration["temperature"])
+    histogram, meter = ScoreHistogram(), SegmentationMeter(num_bins=num_bins)
+    for item, prob in zip(items, probs):
+        scaled = rescale_probability(prob, temperature)
+        valid = item.get("valid")
+        histogram.update(scaled, item["mask"], valid)
+        meter.update(torch.from_numpy(scaled)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
+                     valid=None if valid is None else torch.from_numpy(valid)[None, None])
+    return {"iou_tuned": histogram.iou(calibration["threshold"]), "ap": histogram.average_precision(),
+            "ece_calibrated": meter.compute()["ece"], "threshold": float(calibration["threshold"]),
+            "temperature": temperature}
+
+
+def fine_tuning_scores(checkpoint: dict) -> dict[str, float]:
+    """``kept_start`` (1.0 or 0.0) for a network fine-tuned from another one (checkpoint extra
+    ``fine_tuned_from``): whether no epoch beat its start on validation, so that it is its
+    start. Empty for networks trained from scratch."""
+    extra = checkpoint.get("extra", {})
+    if "fine_tuned_from" not in extra:
+        return {}
+    return {"kept_start": float(int(extra["kept_epoch"]) == 0)}
+
+
+def rescale_probability(prob: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T) in float32; p is clamped to (1e-7, 1 - 1e-7) first, where float32
+    sigmoid outputs saturate, so certain pixels stay certain but finite."""
+    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    return (1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))).astype(np.float32)
 
 
 def score_instances(items: list[dict], probs: list[np.ndarray], threshold: float, min_object_size: int) -> InstanceMeter:

@@ -25,8 +25,8 @@ import torch
 from monai.metrics import calibration_binning, get_confusion_matrix
 from scipy import stats
 
-__all__ = ["InstanceMeter", "PixelAurocMeter", "SegmentationMeter", "instance_scores", "instances_from_probability",
-           "segmentation_scores", "teacher_agreement"]
+__all__ = ["InstanceMeter", "PixelAurocMeter", "ScoreHistogram", "SegmentationMeter", "instance_scores",
+           "instances_from_probability", "segmentation_scores", "teacher_agreement"]
 
 # A predicted object matches a true one at IoU >= 0.5 (object F1 "at 0.5", as in panoptic quality).
 MATCH_IOU = 0.5
@@ -135,6 +135,7 @@ class SegmentationMeter:
             self._rows.append(
                 {
                     "name": str(names[i]),
+                    "tp": tp, "fp": fp, "fn": fn, "tn": tn,
                     **segmentation_scores(tp, fp, fn, tn),
                     "ece": ece,
                     "foreground_fraction": _ratio(tp + fn, total, np.nan),
@@ -177,9 +178,10 @@ class SegmentationMeter:
         return {**segmentation_scores(*self._counts), "ece": ece, "mce": mce}
 
     def per_image(self) -> pd.DataFrame:
-        """One row per image: name, iou, dice, accuracy, precision, recall, ece, fractions."""
+        """One row per image: name, the confusion counts tp, fp, fn, tn (what a bootstrap over
+        images resamples), iou, dice, accuracy, precision, recall, ece, fractions."""
         columns = [
-            "name", "iou", "dice", "accuracy", "precision", "recall", "ece",
+            "name", "tp", "fp", "fn", "tn", "iou", "dice", "accuracy", "precision", "recall", "ece",
             "foreground_fraction", "predicted_fraction",
         ]  # fmt: skip
         return pd.DataFrame(self._rows, columns=columns)
@@ -251,6 +253,98 @@ class PixelAurocMeter:
         right_below = np.cumsum(self.right) - self.right  # right pixels in lower bins
         ordered = (self.wrong * right_below).sum() + 0.5 * (self.wrong * self.right).sum()
         return float(ordered / (n_wrong * n_right))
+
+
+class ScoreHistogram:
+    """Foreground probabilities of the labelled pixels counted in ``bins`` equal-width bins
+    per class: what every threshold-dependent or threshold-free pixel score needs, in constant
+    memory for any number of images, mergeable across images and ranks.
+
+    A pixel is predicted foreground at threshold t when its probability is >= t; thresholds
+    are taken at bin edges (``thresholds``), so a score at threshold t is exact for t on an
+    edge. ``average_precision`` treats the pixels of one bin as ties (one point of the
+    precision-recall curve per bin).
+    """
+
+    def __init__(self, bins: int = 1000) -> None:
+        self.bins = int(bins)
+        self.foreground = np.zeros(self.bins, np.int64)
+        self.background = np.zeros(self.bins, np.int64)
+
+    def update(self, prob: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> None:
+        prob, mask = np.asarray(prob), np.asarray(mask) > 0
+        keep = np.ones(prob.shape, bool) if valid is None else np.asarray(valid) > 0
+        index = np.clip((prob[keep] * self.bins).astype(np.int64), 0, self.bins - 1)
+        is_fg = mask[keep]
+        self.foreground += np.bincount(index[is_fg], minlength=self.bins)
+        self.background += np.bincount(index[~is_fg], minlength=self.bins)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, list[int]]) -> ScoreHistogram:
+        """A histogram from ``counts()`` (e.g. as stored in a checkpoint)."""
+        histogram = cls(len(counts["foreground"]))
+        histogram.foreground[:] = counts["foreground"]
+        histogram.background[:] = counts["background"]
+        return histogram
+
+    def counts(self) -> dict[str, list[int]]:
+        """The per-bin counts as plain lists (what a checkpoint or JSON file can hold)."""
+        return {"foreground": self.foreground.tolist(), "background": self.background.tolist()}
+
+    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
+        """Add another histogram's pixels (same bins). Returns self."""
+        if other.bins != self.bins:
+            raise ValueError("cannot merge score histograms with different bins")
+        self.foreground += other.foreground
+        self.background += other.background
+        return self
+
+    def thresholds(self) -> np.ndarray:
+        """The bin edges inside (0, 1): the thresholds the scores below are exact for."""
+        return np.arange(1, self.bins) / self.bins
+
+    def confusion(self, threshold: float) -> tuple[float, float, float, float]:
+        """(tp, fp, fn, tn) of ``prob >= threshold`` (rounded to the nearest bin edge)."""
+        edge = int(np.clip(round(threshold * self.bins), 0, self.bins))
+        tp, fp = float(self.foreground[edge:].sum()), float(self.background[edge:].sum())
+        return tp, fp, float(self.foreground.sum()) - tp, float(self.background.sum()) - fp
+
+    def iou(self, threshold: float) -> float:
+        return segmentation_scores(*self.confusion(threshold))["iou"]
+
+    def best_threshold(self, low: float = 0.05, high: float = 0.95, step: float = 0.01) -> float:
+        """The threshold of the grid ``low..high`` (``step``) with the highest pooled IoU; the one
+        nearest 0.5 among equals, so that a flat optimum keeps the usual threshold."""
+        grid = np.round(np.arange(low, high + step / 2, step), 6)
+        scores = np.array([self.iou(t) for t in grid])
+        if not np.isfinite(scores).any():
+            return 0.5
+        best = np.nanmax(scores)
+        candidates = grid[scores >= best - 1e-12]
+        return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+
+    def average_precision(self) -> float:
+        """Area under the precision-recall curve of foreground pixels, ranked by probability
+        (sum over thresholds of recall gain x precision), NaN without foreground pixels."""
+        fg, bg = self.foreground[::-1].cumsum(), self.background[::-1].cumsum()  # pixels >= each bin, top first
+        total = fg[-1] if fg.size else 0
+        if total == 0:
+            return float("nan")
+        gained = np.diff(np.concatenate([[0], fg]))
+        predicted = fg + bg
+        precision = np.divide(fg, predicted, out=np.zeros(fg.shape), where=predicted > 0)
+        return float((gained / total * precision).sum())
+
+    def confidence_precision(self, confidence: float) -> tuple[float, float, float]:
+        """For hard labels (p >= 0.5) kept where ``max(p, 1 - p) >= confidence``: the precision
+        of the kept foreground labels, of the kept background labels, and the kept fraction."""
+        high = int(np.clip(round(confidence * self.bins), self.bins // 2, self.bins))
+        low = self.bins - high  # p <= 1 - confidence
+        fg_kept = (self.foreground[high:].sum(), self.background[high:].sum())  # (right, wrong) foreground labels
+        bg_kept = (self.background[:low].sum(), self.foreground[:low].sum())
+        total = self.foreground.sum() + self.background.sum()
+        precision = [_ratio(right, right + wrong, np.nan) for right, wrong in (fg_kept, bg_kept)]
+        return precision[0], precision[1], _ratio(sum(fg_kept) + sum(bg_kept), total, np.nan)
 
 
 def count_objects(binary: np.ndarray) -> int:

@@ -1,17 +1,16 @@
 """Ensemble distillation: a ViT student from scratch on the GT and the ensemble's soft labels."""
 
-from jobsetup import data_files, start_training_job, training_checkpointing
+from jobsetup import data_files, save_segmentation_network, start_training_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
 config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
-from emkt.checkpoints import save_model
 from emkt.store import SoftLabelStore
 from emkt.train import distill_from_soft_labels
 
 student = distill_from_soft_labels(config, seed, data_files(snakemake, config),
                                    SoftLabelStore(snakemake.input.soft_labels), snakemake.output.history, device, resume)
-save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
-           {"condition": "ensemble_distilled", "seed": seed})
+save_segmentation_network(snakemake, config, device, snakemake.output.model, student, "student", config["student"],
+                          {"condition": "ensemble_distilled", "seed": seed}, seed=seed)
 resume.clear()

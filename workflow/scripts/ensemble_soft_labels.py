@@ -1,14 +1,14 @@
 """The ensemble of the members' checkpoints (evaluated as a reference) and its soft labels
 (per-pixel mean and standard deviation over members) of every labelled train image."""
 
-from jobsetup import data_files, start_torch_job
+from jobsetup import data_files, save_segmentation_network, start_torch_job
 
 seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
 
 import logging
 
-from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, load_model, save_model
+from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, load_model
 from emkt.data import normalise_image, read_split
 from emkt.models import EnsembleSegmenter
 from emkt.predict import soft_labels
@@ -24,8 +24,10 @@ if len(sizes) != 1:
     raise ValueError(f"ensemble members were trained at different input sizes {sorted(sizes)}: {list(snakemake.input.members)}")
 ensemble = EnsembleSegmenter(members).to(device)
 size = sizes.pop()
-save_model(snakemake.output.model, ensemble, "ensemble", ensemble_arch(checkpoints), size,
-           {"condition": "ensemble", "seed": seed, "members": list(snakemake.params.members)})
+save_segmentation_network(snakemake, config, device, snakemake.output.model, ensemble, "ensemble",
+                          ensemble_arch(checkpoints), {"condition": "ensemble", "seed": seed,
+                                                       "members": list(snakemake.params.members)},
+                          input_size=size, seed=seed)
 
 files = data_files(snakemake, config)
 store = LabelledStore(files.labelled)

@@ -89,3 +89,20 @@ def data_files(snakemake, config: dict):
 
     inputs = snakemake.input
     return DataFiles(inputs.split, inputs.labelled, getattr(inputs, "pool", None), config["data"]["ignore_label"])
+
+
+def save_segmentation_network(snakemake, config: dict, device, path, model, kind: str, arch: dict, extra: dict,
+                              input_size: int | None = None, seed: int = 0) -> None:
+    """Save a segmentation network with its calibration on the validation split (temperature,
+    best-IoU threshold, validation scores: emkt.calibration.calibrate) in ``extra["calibration"]``.
+    In a data-parallel job only rank 0 calibrates and writes."""
+    from emkt import distributed
+    from emkt.calibration import calibrate
+    from emkt.checkpoints import save_model
+
+    if not distributed.current().main:
+        return
+    size = input_size or config["input_size"]
+    items = data_files(snakemake, config).split_items("val")
+    calibration = calibrate(model.to(device), items, size, config["evaluate"], device, seed)
+    save_model(path, model, kind, arch, size, {**extra, "calibration": calibration})

@@ -1,6 +1,6 @@
 """Stage 3: joint teacher-student training from a pretrained teacher (either kind)."""
 
-from jobsetup import start_training_job, training_checkpointing, data_files
+from jobsetup import data_files, save_segmentation_network, start_training_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
 stage = snakemake.wildcards.joint
@@ -16,6 +16,6 @@ files = data_files(snakemake, config)
 teacher, student = joint_train(config, seed, files, pretrained, snakemake.output.history, device, resume)
 save_model(snakemake.output.teacher, teacher, "teacher", teacher_arch(config, snakemake.params.kind),
            config["input_size"], {"stage": stage, "seed": seed})
-save_model(snakemake.output.student, student, "student", config["student"], config["input_size"],
-           {"condition": stage, "seed": seed})
+save_segmentation_network(snakemake, config, device, snakemake.output.student, student, "student", config["student"],
+                          {"condition": stage, "seed": seed}, seed=seed)
 resume.clear()
