@@ -132,6 +132,8 @@ rule train_pseudo_labelled:
         # The shards too, not only their manifest: temporary shards must outlive this job.
         shards=pseudo_label_shards,
         init=[student_model("baseline", "{seed}")] if PSEUDO["init"] == "baseline" else [],
+        # its validation calibration chooses the confidence threshold ('auto')
+        teacher=network_model(PSEUDO["teacher"]),
     output:
         model="results/models/student_pseudo_labelled_{seed}.pth",
         history="results/history/student_pseudo_labelled_{seed}.csv",

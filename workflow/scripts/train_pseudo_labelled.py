@@ -6,9 +6,19 @@ seed = int(snakemake.wildcards.seed)
 config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
-from emkt.checkpoints import load_model, save_model
+import logging
+
+from emkt.calibration import pseudo_label_threshold
+from emkt.checkpoints import load_checkpoint, load_model, save_model
 from emkt.models import build_student
 from emkt.train import self_train
+
+settings = config["pseudo_label"]
+threshold = pseudo_label_threshold(settings["threshold"], settings["target_precision"],
+                                   load_checkpoint(snakemake.input.teacher), snakemake.input.teacher)
+logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_label.threshold: %s)", threshold,
+                               settings["threshold"])
+config = {**config, "pseudo_label": {**settings, "threshold": threshold}}
 
 if snakemake.input.init:
     student, _ = load_model(snakemake.input.init[0], expected_kind="student")
