@@ -70,9 +70,11 @@ def test_pooling_across_updates_of_different_sizes():
     per = meter.per_image()
     assert list(per["name"]) == ["image_0", "image_1"]
     assert list(per.columns) == [
-        "name", "iou", "dice", "accuracy", "precision", "recall", "ece",
+        "name", "tp", "fp", "fn", "tn", "iou", "dice", "accuracy", "precision", "recall", "ece",
         "foreground_fraction", "predicted_fraction",
     ]  # fmt: skip
+    # the per-image counts add up to the pooled ones (what a bootstrap over images resamples)
+    assert per[["tp", "fp", "fn", "tn"]].sum().tolist() == [4, 2, 2, 14]
     b = per.iloc[1]
     assert b["iou"] == pytest.approx(1 / 2)
     assert b["dice"] == pytest.approx(2 / 3)
@@ -203,7 +205,8 @@ def test_all_valid_map_changes_nothing_and_an_unlabelled_image_has_no_scores():
     alone = SegmentationMeter()
     alone.update(prob[:1], gt[:1])
     assert masked.compute() == alone.compute()
-    assert masked.per_image().iloc[1].drop("name").isna().all()
+    row = masked.per_image().iloc[1]
+    assert row.drop(["name", "tp", "fp", "fn", "tn"]).isna().all() and (row[["tp", "fp", "fn", "tn"]] == 0).all()
     with pytest.raises(ValueError, match="valid must have the shape"):
         masked.update(prob, gt, valid=valid[:1])
 
