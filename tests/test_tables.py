@@ -440,3 +440,13 @@ def test_no_validation_rows_give_an_empty_selection_table():
     assert selection.empty
     assert to_markdown(selection) == (
         "Selection (validation split): choose defaults here.\n\nNo validation split results.\n")
+
+
+def test_image_bootstrap_needs_counts_for_every_paired_seed():
+    # seed 1's counts of the expanded student are missing (an older per-image table): its
+    # seed interval pairs 2 seeds, so a bootstrap over seed 0 alone is not put beside it
+    per_image = split_per_image()
+    per_image = per_image[~((per_image.condition == "expanded_anchored") & (per_image.seed == 1))]
+    report = summary_table(split_frame(), per_image, REPORT, replicates=10)
+    iou = row(report, "student", "expanded_anchored", "iou")
+    assert iou["n_pairs"] == 2 and math.isnan(iou["boot_ci_low"]) and math.isnan(iou["boot_ci_high"])

@@ -265,17 +265,21 @@ def with_image_bootstrap(summary: pd.DataFrame, per_image: pd.DataFrame, replica
     (``emkt.bootstrap.paired_image_bootstrap`` with ``replicates`` and ``seed``, over the
     seeds and images both have). ``n_images``: the images in that bootstrap (for the
     reference student itself, those it has counts for); 0 and NaN bounds where there are no
-    counts, e.g. per-image tables written before they had them.
+    counts, e.g. per-image tables written before they had them. The bounds are also NaN
+    unless the counts cover every seed paired in ``delta_mean`` (``n_pairs``), so that both
+    intervals are over the same seeds.
     """
     reference = (REFERENCE_MODEL, summary.attrs.get("reference", "baseline"))
     low, high, n_images = [], [], []
-    for rec in summary[[DATASET, "model", "condition", "metric"]].itertuples(index=False):
-        dataset, model, condition, metric = rec
+    for rec in summary[[DATASET, "model", "condition", "metric", "n_pairs"]].itertuples(index=False):
+        dataset, model, condition, metric, n_pairs = rec
         bounds, n = (float("nan"), float("nan")), 0
         if metric in BOOTSTRAP_METRICS and model in COMPARED_MODELS and not per_image.empty:
             network = (model, condition)
             mine, theirs, n = count_arrays(per_image, dataset, network, reference if network != reference else network)
-            if network != reference and n and mine.shape[0]:
+            # only beside a seed interval over the same seeds: counts missing for a paired seed
+            # (an older per-image table) would otherwise shrink the bootstrap's seeds unseen
+            if network != reference and n and n_pairs > 0 and mine.shape[0] >= n_pairs:
                 bounds = paired_image_bootstrap(mine, theirs, metric, replicates, seed)
         low.append(bounds[0])
         high.append(bounds[1])
