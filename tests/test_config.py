@@ -49,6 +49,7 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c["evaluate"].update(min_object_size=-1), "'evaluate.min_object_size' = -1"),
         (lambda c: c.update(external_test=[{"name": "a b", "dir": "x"}]), "'external_test.0.name' = 'a b'"),
         (lambda c: c.update(external_test=[{"name": "test", "dir": "x"}]), "names a set 'test'"),
+        (lambda c: c.update(external_test=[{"name": "val", "dir": "x"}]), "names a set 'val'"),
         (lambda c: c.update(external_test=[{"name": "a", "dir": "x"}, {"name": "a", "dir": "y"}]),
          "'external_test' uses the name(s) ['a'] more than once"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["expansion"]}]),

@@ -114,11 +114,12 @@ def test_metric_bars_hatch_references(tmp_path, saved_figures):
 def test_dataset_bars_one_row_per_data_set(tmp_path, saved_figures):
     test = network_frame().assign(dataset="test")
     external = network_frame().assign(dataset="other_lab", value=lambda f: f["value"] / 2)
-    long = pd.concat([external, test], ignore_index=True)  # the test split is drawn first anyway
+    val = network_frame().assign(dataset="val", value=0.99)  # selection numbers: never drawn
+    long = pd.concat([val, external, test], ignore_index=True)  # the test split is drawn first anyway
     out = tmp_path / "datasets.png"
     plot_dataset_bars(long, out, ["iou"])
     check_png(out)
-    top, bottom = saved_figures[0].axes
+    top, bottom = saved_figures[0].axes  # no row for the validation split
     assert top.get_title() == "test split: iou" and bottom.get_title() == "other_lab: iou"
     heights = [sorted(ax.patches, key=lambda bar: bar.get_x())[0].get_height() for ax in (top, bottom)]
     assert heights == pytest.approx([0.61, 0.305])
@@ -159,6 +160,9 @@ def test_speed_accuracy_points():
     assert list(zip(size["model"], size["condition"])) == [
         ("student", "baseline"), ("student", "small"), ("reference", "ensemble"),
     ]  # fmt: skip
+    # validation rows (model selection) leave the test-split points as they are
+    with_val = pd.concat([speed_frame().assign(dataset="test"), speed_frame().assign(dataset="val", value=9.0)])
+    pd.testing.assert_frame_equal(speed_accuracy_points(with_val, "images_per_s", "iou"), speed)
 
 
 def test_speed_accuracy_plot(tmp_path, saved_figures):

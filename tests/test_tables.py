@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from emkt.tables import LONG_COLUMNS, compare_students, paired_difference, read_long_tables, summarize, to_markdown
+from emkt.tables import (LONG_COLUMNS, REPORT, SELECTION, compare_students, kept_start_counts, paired_difference,
+                         read_long_tables, split_rows, summarize, summary_table, to_markdown)
 
 # Student's t quantiles t(0.975, df) from a printed table
 T975 = {1: 12.706205, 2: 4.302653}
@@ -45,9 +46,10 @@ def test_mean_sd_and_seed_columns():
     s = summarize(long_frame())
     assert list(s.columns) == [
         "dataset", "model", "condition", "metric", "n_seeds", "mean", "sd",
-        "delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "n_pairs",
+        "delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "n_pairs", "kept_start",
         "seed_0", "seed_1", "seed_2",
     ]  # fmt: skip
+    assert (s["kept_start"] == "").all()  # no network here has kept_start rows
     base = row(s, "student", "baseline", "iou")
     assert base["mean"] == pytest.approx(0.60)
     # deviations 0, +0.02, -0.02 -> var = 0.0008/2
@@ -217,10 +219,12 @@ def test_markdown_contains_formatted_values():
     assert "0.6500 ± 0.0500 | +0.0500 ± 0.0300 [-0.0245, +0.1245]" in to_markdown(
         summarize(long_frame()), digits=4
     )
-    assert note == (
-        "Δ: paired difference to the baseline student over seeds "
-        "(mean ± sd [95% CI, t distribution]); p: two-sided paired t-test. n seeds: 1–3, by row."
-    )
+    assert note.splitlines() == [
+        "Test split: 1–3 seeds (by row), images not counted (no per-image pixel counts).",
+        "Δ: paired difference to the baseline student over seeds (mean ± sd [95% CI, t distribution]); "
+        "p: two-sided paired t-test. n seeds: 1–3 (by row). "
+        "This interval is over training seeds: how much the difference depends on the seed.",
+    ]
 
 
 def test_markdown_p_values_and_no_test_cases():
@@ -284,7 +288,9 @@ def test_each_dataset_is_summarised_and_compared_on_its_own():
     assert inside.loc[("expanded", "iou"), "delta_mean"] == pytest.approx(0.05)
     text = to_markdown(summary)
     assert text.index("### Test split") < text.index("### External set: other_lab")
-    assert text.count("| model | condition | metric |") == 2 and text.count("Δ: paired difference") == 1
+    # a note under each table
+    assert text.count("| model | condition | metric |") == 2 and text.count("Δ: paired difference") == 2
+    assert "\n\nExternal set: other_lab: 1–3 seeds (by row)" in text
 
 
 def test_compare_students_pairs_chosen_rows_with_another_reference():
@@ -298,3 +304,149 @@ def test_compare_students_pairs_chosen_rows_with_another_reference():
     anchored = row(table, "student", "expanded_anchored", "iou")
     assert anchored["delta_mean"] == pytest.approx(0.02) and anchored["n_pairs"] == 3
     assert "Δ vs joint" in to_markdown(table)
+
+
+# --- selection vs report, kept start, bootstrap over images (issue 16) ---
+
+PER_IMAGE_COLUMNS = ["dataset", "model", "condition", "seed", "name", "tp", "fp", "fn"]
+
+
+def split_frame() -> pd.DataFrame:
+    """Validation and test rows of two students and a fine-tuned variant, two seeds."""
+    rows = []
+    for dataset, shift in (("val", 0.1), ("test", 0.0)):
+        for seed in (0, 1):
+            rows += [
+                (dataset, "student", "baseline", seed, "iou", 0.6 + shift),
+                (dataset, "student", "expanded_anchored", seed, "iou", 0.7 + shift + 0.02 * seed),
+                (dataset, "student", "baseline", seed, "dice", 0.7 + shift),
+                (dataset, "student", "expanded_anchored", seed, "dice", 0.8 + shift),
+            ]
+    # kept_start: written on the validation split only; seed 1 kept its start
+    rows += [("val", "student", "expanded_anchored", 0, "kept_start", 0.0),
+             ("val", "student", "expanded_anchored", 1, "kept_start", 1.0)]
+    rows += [("test", "teacher", "joint", 0, "mae", 0.05)]
+    return pd.DataFrame(rows, columns=["dataset", *LONG_COLUMNS])
+
+
+def split_per_image() -> pd.DataFrame:
+    """Test-split pixel counts of images a and b (see tests/test_bootstrap.py): per seed
+    expanded_anchored - baseline is +0.2 IoU on a alone and 0 on b alone."""
+    net = {"a": (8, 1, 1), "b": (5, 3, 2)}
+    ref = {"a": (6, 2, 2), "b": (5, 2, 3)}
+    rows = [("test", "student", condition, seed, name, *counts[name])
+            for condition, counts in (("baseline", ref), ("expanded_anchored", net))
+            for seed in (0, 1) for name in ("a", "b")]
+    return pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
+
+
+def test_split_rows_keep_validation_out_of_the_report():
+    long = split_frame()
+    assert set(split_rows(long, SELECTION)["dataset"]) == {"val"}
+    assert "val" not in set(split_rows(long, REPORT)["dataset"])
+    assert len(split_rows(long, SELECTION)) + len(split_rows(long, REPORT)) == len(long)
+    no_column = long.drop(columns="dataset")
+    assert split_rows(no_column, SELECTION).empty and len(split_rows(no_column, REPORT)) == len(long)
+    with pytest.raises(ValueError, match="purpose"):
+        split_rows(long, "val")
+
+
+def test_report_and_selection_tables_never_mix():
+    long, per_image = split_frame(), split_per_image()
+    report = summary_table(long, per_image, REPORT, replicates=2000)
+    selection = summary_table(long, per_image, SELECTION, replicates=2000)
+    assert set(report["dataset"]) == {"test"} and set(selection["dataset"]) == {"val"}
+    # seed 0: 0.70 - 0.60, seed 1: 0.72 - 0.60 on the test split; +0.1 on both on val
+    assert row(report, "student", "expanded_anchored", "iou")["delta_mean"] == pytest.approx(0.11)
+    assert row(selection, "student", "expanded_anchored", "iou")["delta_mean"] == pytest.approx(0.11)
+    assert row(selection, "student", "expanded_anchored", "iou")["mean"] == pytest.approx(0.81)
+    report_md, selection_md = to_markdown(report), to_markdown(selection)
+    assert report_md.splitlines()[0] == (
+        "Report (test split): for what was chosen beforehand; never used to choose.")
+    assert selection_md.splitlines()[0] == "Selection (validation split): choose defaults here."
+    assert "\n\nValidation split: 2 seeds, images not counted" in selection_md
+    assert "\n\nTest split: 1–2 seeds (by row), 2 images." in report_md  # the teacher: 1 seed
+    # an external set is part of the report and named in its first line
+    external = split_frame().query("dataset == 'test'").assign(dataset="other_lab")
+    both = summary_table(pd.concat([long, external]), per_image, REPORT, replicates=10)
+    assert to_markdown(both).startswith("Report (test split and external sets): ")
+
+
+def test_kept_start_is_a_count_not_a_compared_metric():
+    long = split_frame()
+    selection = summary_table(long, split_per_image(), SELECTION, replicates=10)
+    kept = row(selection, "student", "expanded_anchored", "kept_start")
+    assert kept["mean"] == pytest.approx(0.5)  # the CSV keeps the 0/1 per seed
+    assert math.isnan(kept["delta_mean"]) and kept["n_pairs"] == 0  # but no Δ to the baseline's
+    # every row of the network says k/n; in the report too, although the flag is on val only
+    assert set(selection.loc[selection.condition == "expanded_anchored", "kept_start"]) == {"1/2"}
+    report = summary_table(long, split_per_image(), REPORT, replicates=10)
+    assert set(report.loc[report.condition == "expanded_anchored", "kept_start"]) == {"1/2"}
+    assert set(report.loc[report.condition == "baseline", "kept_start"]) == {""}
+    for text in (to_markdown(selection), to_markdown(report)):
+        assert "| student | expanded_anchored (kept start: 1/2) | iou |" in text
+        assert "| kept_start |" not in text and "0.500 ± 0.707" not in text
+        assert "kept start: k/n: k of the n seeds kept their starting weights" in text
+    # a seed repeated on several data sets counts once; kept if any row says so
+    twice = pd.concat([long, long[long.metric == "kept_start"].assign(dataset="test", value=[1.0, 1.0])])
+    assert kept_start_counts(twice) == {("student", "expanded_anchored"): (2, 2)}
+    # the expansion table (another reference, chosen metrics) shows it too
+    expansion = summary_table(long, split_per_image(), SELECTION, reference="baseline", replicates=10,
+                              conditions=["expanded_anchored"], metrics=["iou"])
+    assert "expanded_anchored (kept start: 1/2)" in to_markdown(expansion)
+
+
+def test_image_bootstrap_columns_beside_the_seed_interval():
+    report = summary_table(split_frame(), split_per_image(), REPORT, replicates=2000)
+    iou = row(report, "student", "expanded_anchored", "iou")
+    # both seeds: +0.2 on a alone, 0 on b alone (hand-worked in tests/test_bootstrap.py)
+    assert (iou["boot_ci_low"], iou["boot_ci_high"]) == pytest.approx((0.0, 0.2), abs=1e-12)
+    assert iou["n_images"] == 2
+    dice = row(report, "student", "expanded_anchored", "dice")
+    assert (dice["boot_ci_low"], dice["boot_ci_high"]) == pytest.approx((0.0, 16 / 18 - 12 / 16), abs=1e-12)
+    base = row(report, "student", "baseline", "iou")
+    assert math.isnan(base["boot_ci_low"]) and base["n_images"] == 2  # the reference: images, no Δ
+    assert row(report, "teacher", "joint", "mae")["n_images"] == 0
+    # the CSV's columns: the bootstrap and kept start before the per-seed values
+    assert list(report.columns)[-6:] == ["boot_ci_low", "boot_ci_high", "n_images", "kept_start",
+                                         "seed_0", "seed_1"]
+    text = to_markdown(report)
+    assert ("| model | condition | metric | mean ± sd | Δ vs baseline | p (paired t) | Δ 95% CI (images) "
+            "| seed values |") in text
+    # t = 0.11 / (0.01 * sqrt 2 / sqrt 2) = 11 with 1 df: p = 1 - 2 atan(11) / pi = 0.058
+    assert "| +0.110 ± 0.014 [-0.017, +0.237] | 0.058 | [+0.000, +0.200] | 0.700, 0.720 |" in text
+    assert "Δ 95% CI (images): paired bootstrap over the 2 images (2000 replicates;" in text
+    assert "This interval is over training seeds" in text
+
+
+def test_no_per_image_counts_leave_the_bootstrap_out():
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PER_IMAGE_COLUMNS})
+    report = summary_table(split_frame(), empty, REPORT, replicates=10)
+    assert report["boot_ci_low"].isna().all() and (report["n_images"] == 0).all()
+    text = to_markdown(report)
+    assert "images not counted (no per-image pixel counts)" in text
+    assert "Δ 95% CI (images): none, no per-image pixel counts for this data set." in text
+    # counts for the test split only: an external set gets no interval, the test split does
+    external = split_frame().query("dataset == 'test'").assign(dataset="other_lab")
+    mixed = summary_table(pd.concat([split_frame(), external]), split_per_image(), REPORT, replicates=10)
+    outside = mixed[mixed.dataset == "other_lab"]
+    assert outside["boot_ci_low"].isna().all()
+    assert not math.isnan(row(mixed[mixed.dataset == "test"], "student", "expanded_anchored", "iou")["boot_ci_low"])
+
+
+def test_no_validation_rows_give_an_empty_selection_table():
+    long = split_frame().query("dataset != 'val'")
+    selection = summary_table(long, split_per_image(), SELECTION, replicates=10)
+    assert selection.empty
+    assert to_markdown(selection) == (
+        "Selection (validation split): choose defaults here.\n\nNo validation split results.\n")
+
+
+def test_image_bootstrap_needs_counts_for_every_paired_seed():
+    # seed 1's counts of the expanded student are missing (an older per-image table): its
+    # seed interval pairs 2 seeds, so a bootstrap over seed 0 alone is not put beside it
+    per_image = split_per_image()
+    per_image = per_image[~((per_image.condition == "expanded_anchored") & (per_image.seed == 1))]
+    report = summary_table(split_frame(), per_image, REPORT, replicates=10)
+    iou = row(report, "student", "expanded_anchored", "iou")
+    assert iou["n_pairs"] == 2 and math.isnan(iou["boot_ci_low"]) and math.isnan(iou["boot_ci_high"])

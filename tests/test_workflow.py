@@ -199,6 +199,11 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert markdown.index("### Test split") < markdown.index("### External set: em_mito_mini")
     assert (results / "figures" / "datasets.png").stat().st_size > 10_000
     assert "p (paired t)" in markdown
+    # the report and the selection (validation split) tables are apart and say which they are
+    assert markdown.startswith("Report (test split and external sets): ")
+    assert (results / "tables" / "selection.md").read_text().startswith("Selection (validation split): ")
+    assert "val" not in set(expansion["dataset"]) and (results / "tables" / "expansion_selection.csv").is_file()
+    assert {"boot_ci_low", "boot_ci_high", "n_images", "kept_start"} <= set(summary.columns)
     for figure in FIGURES:
         assert (results / "figures" / figure).stat().st_size > 10_000
     for stage in ("teacher_pretrained", "teacher_pretrained_error_map", "student_baseline", "joint", "joint_error_map",

@@ -191,8 +191,11 @@ def _output_set_problems(config: dict) -> list[str]:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             problems.append(f"config key '{key}' uses the name(s) {repeated} more than once")
-    if any(entry["name"] == "test" for entry in config["external_test"]):
-        problems.append("config key 'external_test' names a set 'test', the name of the test split; choose another")
+    # the tables file rows by these names: a set named "val" would land in the selection table
+    for split in ("test", "val"):
+        if any(entry["name"] == split for entry in config["external_test"]):
+            problems.append(f"config key 'external_test' names a set '{split}', the name of the {split} split; "
+                            "choose another")
     trained = student_rows(config) + reference_networks(config)
     for k, entry in enumerate(config["predict"]):
         unknown = [name for name in entry["networks"] if name not in trained]

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from emkt.metrics import SegmentationMeter, teacher_agreement  # noqa: E402
-from emkt.tables import DATASET, TEST_SET, with_dataset  # noqa: E402
+from emkt.tables import DATASET, REPORT, TEST_SET, split_rows, with_dataset  # noqa: E402
 
 __all__ = [
     "plot_dataset_bars",
@@ -104,8 +104,9 @@ def plot_metric_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
 
 def plot_dataset_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
     """As ``plot_metric_bars``, one row of subplots per data set: the test split, then each
-    external set, so a condition's transfer to other microscopes reads down a column."""
-    long = with_dataset(long)
+    external set, so a condition's transfer to other microscopes reads down a column. The
+    validation split is not drawn: figures report, they are not for choosing."""
+    long = split_rows(with_dataset(long), REPORT)
     _plot_bar_grid(long, out, metrics, _datasets(long))
 
 

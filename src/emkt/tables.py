@@ -5,8 +5,13 @@ The long format has one row per ``model, condition, seed, metric, value``, for e
 ``model`` is "student" (the segmentation students), "reference" (segmentation networks
 that serve as references, e.g. an ensemble) or "teacher" (loss predictors). An optional
 ``dataset`` column says which images were scored: "test" (the test split, also where the
-column is missing) or the name of an external labelled set; every data set is summarised
-on its own, each compared with the reference student on the same images.
+column is missing), "val" (the validation split) or the name of an external labelled set;
+every data set is summarised on its own, each compared with the reference student on the
+same images.
+
+Selection and report are kept apart: the validation split is where defaults are chosen, the
+test split and the external sets report what was chosen beforehand (``split_rows``), and each
+gets its own table (``summary_table``) whose Markdown says which it is.
 """
 
 from __future__ import annotations
@@ -18,13 +23,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["DATASET", "LONG_COLUMNS", "TEST_SET", "paired_difference", "read_long_tables", "summarize",
-           "to_long", "to_markdown", "with_dataset"]
+from emkt.bootstrap import BOOTSTRAP_METRICS, count_arrays, paired_image_bootstrap
+
+__all__ = ["DATASET", "KEPT_START", "LONG_COLUMNS", "REPORT", "SELECTION", "TEST_SET", "VAL_SET",
+           "compare_students", "paired_difference", "read_long_tables", "split_rows", "summarize",
+           "summary_table", "to_long", "to_markdown", "with_dataset", "with_image_bootstrap", "with_kept_start"]
 
 LONG_COLUMNS = ["model", "condition", "seed", "metric", "value"]
 # optional first column of the long format: the images scored ("test" when absent)
 DATASET = "dataset"
 TEST_SET = "test"
+# the validation split: model-selection numbers, never part of the report
+VAL_SET = "val"
+SELECTION, REPORT = "selection", "report"
+PURPOSE_LINES = {
+    SELECTION: "Selection (validation split): choose defaults here.",
+    REPORT: "Report ({sets}): for what was chosen beforehand; never used to choose.",
+}
+# 1.0 per seed where a fine-tuned network kept its starting weights: a count, not a score
+KEPT_START = "kept_start"
+NO_DELTA_METRICS = (KEPT_START,)
+BOOT_COLUMNS = ["boot_ci_low", "boot_ci_high", "n_images"]
 KEYS = [DATASET, "model", "condition", "metric"]
 # segmentation networks are compared with the reference student; teachers predict losses,
 # so a difference to a student's metric would mean nothing for them
@@ -124,9 +143,10 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     - ``delta_ci_low, delta_ci_high``: 95% confidence interval of ``delta_mean`` (Student's t);
     - ``p_value``: two-sided paired t-test of "no difference";
     - ``n_pairs``: number of paired seeds (0 where there is no comparison);
+    - ``kept_start``: "k/n" for a network with ``kept_start`` rows, else empty (``with_kept_start``);
     - ``seed_<s>``: the value per seed (sorted; NaN where a seed is missing).
 
-    Only "student" and "reference" rows are compared; the delta columns are NaN for teacher
+    Only "student" and "reference" rows are compared, and never their ``kept_start``; the delta columns are NaN for teacher
     rows, for the reference student itself and when the reference is missing. See
     ``paired_difference`` for one or identical differences. Rows are ordered by model,
     condition and metric, each in order of first appearance. The reference name is kept in
@@ -157,7 +177,8 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
         per_seed = wide.loc[(dataset, model, condition, metric)].to_numpy(dtype=np.float64)
         mean, sd, n = _mean_sd(per_seed)
         ref_key = (dataset, REFERENCE_MODEL, reference, metric)
-        compared = model in COMPARED_MODELS and (model, condition) != ref_key[1:3]
+        compared = (model in COMPARED_MODELS and (model, condition) != ref_key[1:3]
+                    and metric not in NO_DELTA_METRICS)
         if compared and ref_key in wide.index:
             delta = paired_difference(per_seed, wide.loc[ref_key].to_numpy(dtype=np.float64))
         else:
@@ -178,7 +199,7 @@ def summarize(long: pd.DataFrame, reference: str = "baseline") -> pd.DataFrame:
     columns = [*KEYS, "n_seeds", "mean", "sd", *DELTA_COLUMNS, *seed_cols]
     summary = pd.DataFrame(rows, columns=columns)
     summary.attrs["reference"] = reference
-    return summary
+    return with_kept_start(summary, long)
 
 
 def compare_students(long: pd.DataFrame, conditions: list[str], metrics: list[str], reference: str) -> pd.DataFrame:
@@ -188,6 +209,101 @@ def compare_students(long: pd.DataFrame, conditions: list[str], metrics: list[st
     chosen = long[(long["model"] == REFERENCE_MODEL) & long["condition"].isin([reference, *conditions])
                   & long["metric"].isin(metrics)]
     return summarize(chosen, reference=reference)
+
+
+def split_rows(long: pd.DataFrame, purpose: str) -> pd.DataFrame:
+    """The rows of one purpose: ``SELECTION`` the validation split's, ``REPORT`` every other
+    data set's (the test split, external sets, and rows without a data set)."""
+    if purpose not in PURPOSE_LINES:
+        raise ValueError(f"purpose must be one of {list(PURPOSE_LINES)}, got {purpose!r}")
+    if DATASET not in long.columns:
+        return long.iloc[:0] if purpose == SELECTION else long
+    is_val = long[DATASET].astype(str) == VAL_SET
+    return long[is_val] if purpose == SELECTION else long[~is_val]
+
+
+def kept_start_counts(long: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:
+    """(kept, seeds) per (model, condition) with ``kept_start`` rows, over all data sets.
+
+    Keeping the start is a property of the trained network, not of the images it is scored
+    on, so a seed counts once however many data sets repeat it (kept if any row says so).
+    """
+    rows = long[long["metric"] == KEPT_START].copy()
+    rows["value"] = pd.to_numeric(rows["value"], errors="coerce")
+    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=np.float64))]
+    per_seed = rows.groupby(["model", "condition", "seed"], sort=False)["value"].max() >= 0.5
+    grouped = per_seed.groupby(level=["model", "condition"], sort=False)
+    return {key: (int(kept.sum()), int(kept.size)) for key, kept in grouped}
+
+
+def with_kept_start(summary: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with a ``kept_start`` column "k/n" (k of n seeds kept their starting
+    weights) on every row of a network with ``kept_start`` rows in ``long``, else empty.
+    ``long`` may hold more data sets than the summary (e.g. the flag only on the validation
+    split)."""
+    counts = kept_start_counts(long)
+    text = [f"{counts[key][0]}/{counts[key][1]}" if key in counts else ""
+            for key in zip(summary["model"], summary["condition"])]
+    return _before_seeds(summary, {KEPT_START: text})
+
+
+def _before_seeds(summary: pd.DataFrame, columns: dict[str, list]) -> pd.DataFrame:
+    """``summary`` with ``columns`` set, placed before the per-seed values; attrs kept."""
+    out = summary.drop(columns=[c for c in columns if c in summary.columns]).assign(**columns)
+    seed_cols = [c for c in out.columns if str(c).startswith("seed_")]
+    out = out[[*[c for c in out.columns if c not in seed_cols], *seed_cols]]
+    out.attrs = dict(summary.attrs)
+    return out
+
+
+def with_image_bootstrap(summary: pd.DataFrame, per_image: pd.DataFrame, replicates: int,
+                         seed: int = 0) -> pd.DataFrame:
+    """``summary`` with ``boot_ci_low, boot_ci_high, n_images``: a paired bootstrap over images.
+
+    For the iou and dice rows of students and references on a data set with per-image pixel
+    counts, compared with the reference student of ``summary.attrs["reference"]``
+    (``emkt.bootstrap.paired_image_bootstrap`` with ``replicates`` and ``seed``, over the
+    seeds and images both have). ``n_images``: the images in that bootstrap (for the
+    reference student itself, those it has counts for); 0 and NaN bounds where there are no
+    counts, e.g. per-image tables written before they had them. The bounds are also NaN
+    unless the counts cover every seed paired in ``delta_mean`` (``n_pairs``), so that both
+    intervals are over the same seeds.
+    """
+    reference = (REFERENCE_MODEL, summary.attrs.get("reference", "baseline"))
+    low, high, n_images = [], [], []
+    for rec in summary[[DATASET, "model", "condition", "metric", "n_pairs"]].itertuples(index=False):
+        dataset, model, condition, metric, n_pairs = rec
+        bounds, n = (float("nan"), float("nan")), 0
+        if metric in BOOTSTRAP_METRICS and model in COMPARED_MODELS and not per_image.empty:
+            network = (model, condition)
+            mine, theirs, n = count_arrays(per_image, dataset, network, reference if network != reference else network)
+            # only beside a seed interval over the same seeds: counts missing for a paired seed
+            # (an older per-image table) would otherwise shrink the bootstrap's seeds unseen
+            if network != reference and n and n_pairs > 0 and mine.shape[0] >= n_pairs:
+                bounds = paired_image_bootstrap(mine, theirs, metric, replicates, seed)
+        low.append(bounds[0])
+        high.append(bounds[1])
+        n_images.append(n)
+    out = _before_seeds(summary, {"boot_ci_low": low, "boot_ci_high": high, "n_images": n_images})
+    out.attrs["replicates"] = replicates
+    return out
+
+
+def summary_table(long: pd.DataFrame, per_image: pd.DataFrame, purpose: str, reference: str = "baseline",
+                  replicates: int = 2000, conditions: list[str] | None = None,
+                  metrics: list[str] | None = None) -> pd.DataFrame:
+    """The selection or the report table: ``summarize`` of the purpose's rows of ``long``
+    (``split_rows``; only the student ``conditions`` and ``metrics`` when given, as
+    ``compare_students``), with ``with_kept_start`` (from every row of ``long``) and
+    ``with_image_bootstrap``. ``attrs["purpose"]`` tells ``to_markdown`` which it is."""
+    rows = split_rows(long, purpose)
+    if conditions is not None:
+        table = compare_students(rows, conditions, metrics or [], reference=reference)
+    else:
+        table = summarize(rows, reference=reference)
+    table = with_kept_start(with_image_bootstrap(table, per_image, replicates), long)
+    table.attrs["purpose"] = purpose
+    return table
 
 
 def _fmt(x: float, digits: int, sign: bool = False) -> str:
@@ -229,64 +345,130 @@ def _p_cell(rec: dict) -> str:
     return "–"
 
 
-def _note(summary: pd.DataFrame, reference: str) -> str:
-    pairs = sorted({int(n) for n in summary["n_pairs"] if n > 0})
-    if not pairs:
-        n_text = "none"
-    elif len(pairs) == 1:
-        n_text = str(pairs[0])
-    else:
-        n_text = f"{pairs[0]}–{pairs[-1]}, by row"
-    return (
+def _range(values: pd.Series, unit: str = "") -> str | None:
+    """"3 seeds" or "1–3 seeds (by row)" from per-row counts; None when every count is 0."""
+    counts = sorted({int(n) for n in values if n > 0})
+    if not counts:
+        return None
+    number = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return " ".join([number, *([unit] if unit else []), *(["(by row)"] if len(counts) > 1 else [])])
+
+
+def _note(block: pd.DataFrame, dataset: str, reference: str, replicates: int | None) -> str:
+    """What one table holds (data set, seeds, images) and what both intervals mean."""
+    seeds = _range(block["n_seeds"], "seeds") or "no seeds"
+    images = _range(block["n_images"], "images") if "n_images" in block.columns else None
+    pairs = _range(block["n_pairs"]) if "n_pairs" in block.columns else None
+    lines = [
+        f"{_dataset_title(dataset)}: {seeds}, {images or 'images not counted (no per-image pixel counts)'}.",
         f"Δ: paired difference to the {reference} student over seeds "
         "(mean ± sd [95% CI, t distribution]); p: two-sided paired t-test. "
-        f"n seeds: {n_text}."
-    )
+        f"n seeds: {pairs or 'none'}. "
+        "This interval is over training seeds: how much the difference depends on the seed.",
+    ]
+    if "boot_ci_low" in block.columns:
+        if images:
+            lines.append(
+                f"Δ 95% CI (images): paired bootstrap over the {images.removesuffix(' (by row)')} "
+                f"({replicates or '?'} replicates; the same resampled images for both networks and every seed; "
+                "IoU and Dice pooled over each seed's resampled images from pixel counts at threshold 0.5, "
+                "the per-seed differences averaged over seeds; 2.5th and 97.5th percentiles): how much the "
+                "difference depends on which images were scored; a difference resting on one image gets a wide interval."
+            )
+        else:
+            lines.append("Δ 95% CI (images): none, no per-image pixel counts for this data set.")
+    if KEPT_START in block.columns and block[KEPT_START].fillna("").astype(str).ne("").any():
+        lines.append("kept start: k/n: k of the n seeds kept their starting weights "
+                     "(no fine-tuning epoch beat the start on the validation split).")
+    return "\n".join(lines)
+
+
+def _purpose_line(summary: pd.DataFrame) -> str | None:
+    purpose = summary.attrs.get("purpose")
+    if purpose is None:
+        return None
+    if purpose == SELECTION:
+        return PURPOSE_LINES[SELECTION]
+    datasets = set(summary[DATASET]) if DATASET in summary.columns else {TEST_SET}
+    sets = "test split" if datasets <= {TEST_SET} else "test split and external sets"
+    return PURPOSE_LINES[REPORT].format(sets=sets)
 
 
 def to_markdown(summary: pd.DataFrame, digits: int = 3) -> str:
-    """Render ``summarize()`` output as GitHub Markdown tables followed by a one-line note.
+    """Render ``summarize()`` output as GitHub Markdown tables, each followed by a note.
 
-    One table per data set, under a heading naming it when there are several (the test
-    split first). Columns: model | condition | metric | mean ± sd | Δ vs <reference> |
-    p (paired t) | seed values. A missing number shows as "–"; with one seed only the mean
-    is shown. The Δ cell is ``mean ± sd [CI low, CI high]`` with explicit signs, just the
-    difference with one paired seed; the p cell says why there is no test when there is a
-    comparison but no p-value. Seed values are listed in seed order, separated by commas.
-    The note under the tables (after a blank line, so that it is not read as a table row)
-    explains Δ and p.
+    With ``summary.attrs["purpose"]`` (``summary_table``) the text starts with one line
+    saying whether it is the selection (validation) or the report (test) table. One table
+    per data set, under a heading naming it when there are several (the test split first).
+    Columns: model | condition | metric | mean ± sd | Δ vs <reference> | p (paired t) |
+    [Δ 95% CI (images) |] seed values; the images column only when the summary has the
+    ``with_image_bootstrap`` columns. A missing number shows as "–"; with one seed only the
+    mean is shown. The Δ cell is ``mean ± sd [CI low, CI high]`` with explicit signs, just
+    the difference with one paired seed; the p cell says why there is no test when there is
+    a comparison but no p-value. Seed values are listed in seed order, separated by commas.
+    A network with ``kept_start`` (``with_kept_start``) shows it as "condition (kept start:
+    k/n)" instead of a metric row. The note under each table (after a blank line, so that it
+    is not read as a table row) names the data set, seeds and images and explains Δ, p and
+    both intervals.
     """
     reference = summary.attrs.get("reference", "baseline")
     datasets = _order(summary[DATASET]) if DATASET in summary.columns else [TEST_SET]
-    blocks = []
+    purpose = _purpose_line(summary)
+    blocks = [purpose] if purpose else []
+    if not datasets:
+        split = "validation split" if summary.attrs.get("purpose") == SELECTION else "test split"
+        blocks.append(f"No {split} results.")
     for dataset in datasets:
         rows = summary[summary[DATASET] == dataset] if DATASET in summary.columns else summary
         table = _markdown_table(rows, reference, digits)
-        blocks.append(table if len(datasets) == 1 else f"### {_dataset_title(dataset)}\n\n{table}")
-    return "\n\n".join(blocks) + "\n\n" + _note(summary, reference) + "\n"
+        note = _note(rows, dataset, reference, summary.attrs.get("replicates"))
+        heading = [] if len(datasets) == 1 else [f"### {_dataset_title(dataset)}"]
+        blocks.append("\n\n".join([*heading, table, note]))
+    return "\n\n".join(blocks) + "\n"
 
 
 def _dataset_title(dataset: str) -> str:
-    return "Test split" if dataset == TEST_SET else f"External set: {dataset}"
+    if dataset == TEST_SET:
+        return "Test split"
+    return "Validation split" if dataset == VAL_SET else f"External set: {dataset}"
+
+
+def _condition_cell(rec: dict) -> str:
+    kept = rec.get(KEPT_START)
+    text = str(rec["condition"])
+    if isinstance(kept, str) and kept:
+        text = f"{text} (kept start: {kept})"
+    return _cell(text)
+
+
+def _boot_cell(rec: dict, digits: int) -> str:
+    low, high = float(rec["boot_ci_low"]), float(rec["boot_ci_high"])
+    if math.isnan(low):
+        return "–"
+    return f"[{_fmt(low, digits, sign=True)}, {_fmt(high, digits, sign=True)}]"
 
 
 def _markdown_table(summary: pd.DataFrame, reference: str, digits: int) -> str:
     seed_cols = [c for c in summary.columns if str(c).startswith("seed_")]
+    boot = "boot_ci_low" in summary.columns
     header = ["model", "condition", "metric", "mean ± sd", f"Δ vs {reference}", "p (paired t)",
-              "seed values"]  # fmt: skip
+              *(["Δ 95% CI (images)"] if boot else []), "seed values"]  # fmt: skip
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
     ]
-    for rec in summary.to_dict(orient="records"):
+    # kept_start is shown on the condition cell, as k/n, not as a mean ± sd of 0/1 flags
+    shown = summary[summary["metric"] != KEPT_START]
+    for rec in shown.to_dict(orient="records"):
         seeds = ", ".join(_fmt(float(rec[c]), digits) for c in seed_cols)
         cells = [
             _cell(rec["model"]),
-            _cell(rec["condition"]),
+            _condition_cell(rec),
             _cell(rec["metric"]),
             _pm(float(rec["mean"]), float(rec["sd"]), digits),
             _delta_cell(rec, digits),
             _p_cell(rec),
+            *([_boot_cell(rec, digits)] if boot else []),
             seeds,
         ]
         lines.append("| " + " | ".join(cells) + " |")

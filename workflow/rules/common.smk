@@ -198,6 +198,11 @@ def external_evaluations():
             for name in EXTERNAL for network in networks for seed in SEEDS]
 
 
+def per_image_tables(evaluations):
+    """The per-image tables (pixel counts for the image bootstrap) beside evaluations' long CSVs."""
+    return [path.removesuffix(".csv") + "_per_image.csv" for path in evaluations]
+
+
 def network_role(condition):
     """'student' or 'reference': where a network named in the table keeps its checkpoint."""
     return "student" if condition in STUDENTS else "reference"

@@ -3,8 +3,11 @@ STUDENT_METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce
 DATASET_METRICS = ["iou", "dice", "object_f1", "pq"]
 # With the expansion condition: its variants against the joint student (paired over seeds).
 EXPANSION_METRICS = ["iou", "dice", "object_f1"]
+# Their tables: the report (test split) and the selection (validation split) apart, like the summary.
 EXPANSION_TABLES = (
-    {"expansion": "results/tables/expansion.md", "expansion_csv": "results/tables/expansion.csv"}
+    {"expansion": "results/tables/expansion.md", "expansion_csv": "results/tables/expansion.csv",
+     "expansion_selection": "results/tables/expansion_selection.md",
+     "expansion_selection_csv": "results/tables/expansion_selection.csv"}
     if "expansion" in CONDITIONS else {}
 )
 EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
@@ -21,14 +24,20 @@ rule aggregate:
         students=expand(EVALUATIONS, seed=SEEDS),
         external=external_evaluations(),
         teachers=expand("results/eval/teacher_{stage}_{seed}.csv", stage=TEACHER_STAGES, seed=SEEDS),
+        per_image=expand(per_image_tables(EVALUATIONS), seed=SEEDS),
+        external_per_image=per_image_tables(external_evaluations()),
     output:
         long="results/tables/metrics_long.csv",
+        # the report (test split, external sets) and the selection (validation split) apart
         csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
         markdown="results/tables/summary.md",
+        selection_csv="results/tables/selection.csv",
+        selection="results/tables/selection.md",
         **EXPANSION_TABLES,
     params:
         expansion_rows=[row for row in STUDENT_CONDITIONS if row not in ("baseline", "joint")],
         expansion_metrics=EXPANSION_METRICS,
+        bootstrap_replicates=config["evaluate"]["bootstrap_replicates"],
     log:
         "results/logs/aggregate.log",
     benchmark:

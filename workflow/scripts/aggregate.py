@@ -1,28 +1,36 @@
-"""Collect every evaluation (test split, external sets, teachers) into one long table and
-summarise it over seeds, one block per data set."""
+"""Collect every evaluation (validation and test split, external sets, teachers) into one long
+table and write the selection table (validation split) and the report table (test split and
+external sets) apart, each summarised over seeds with a bootstrap over the images."""
 
 from jobsetup import start_job
 
 config = start_job(snakemake)
 
+import logging
 from pathlib import Path
 
+from emkt.bootstrap import read_per_image_tables
 from emkt.files import atomic_path
-from emkt.tables import compare_students, read_long_tables, summarize, to_markdown
+from emkt.tables import REPORT, SELECTION, read_long_tables, summary_table, to_markdown
 
 long = read_long_tables([*snakemake.input.students, *snakemake.input.external, *snakemake.input.teachers])
-summary = summarize(long, reference="baseline")
-with atomic_path(snakemake.output.long) as tmp:
+per_image, skipped = read_per_image_tables([*snakemake.input.per_image, *snakemake.input.external_per_image])
+for path in skipped:
+    logging.warning("%s has no pixel counts (tp, fp, fn): no image bootstrap for it", path)
+replicates = snakemake.params.bootstrap_replicates
+out = snakemake.output
+with atomic_path(out.long) as tmp:
     long.to_csv(tmp, index=False)
-with atomic_path(snakemake.output.csv) as tmp:
-    summary.to_csv(tmp, index=False)
-with atomic_path(snakemake.output.markdown) as tmp:
-    Path(tmp).write_text(to_markdown(summary))
+tables = {(REPORT, out.csv, out.markdown): {}, (SELECTION, out.selection_csv, out.selection): {}}
 # The expansion variants (and the joint students) against the joint student they start from.
-if hasattr(snakemake.output, "expansion"):
-    expansion = compare_students(long, snakemake.params.expansion_rows, snakemake.params.expansion_metrics,
-                                 reference="joint")
-    with atomic_path(snakemake.output.expansion) as tmp:
-        Path(tmp).write_text(to_markdown(expansion))
-    with atomic_path(snakemake.output.expansion_csv) as tmp:
-        expansion.to_csv(tmp, index=False)
+if hasattr(out, "expansion"):
+    chosen = {"reference": "joint", "conditions": snakemake.params.expansion_rows,
+              "metrics": snakemake.params.expansion_metrics}
+    tables[(REPORT, out.expansion_csv, out.expansion)] = chosen
+    tables[(SELECTION, out.expansion_selection_csv, out.expansion_selection)] = chosen
+for (purpose, csv, markdown), chosen in tables.items():
+    table = summary_table(long, per_image, purpose, replicates=replicates, **chosen)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(markdown) as tmp:
+        Path(tmp).write_text(to_markdown(table))
