@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -191,6 +191,15 @@ class Selection:
         if np.isnan(self.best):
             return not np.isnan(value)
         return value > self.best if self.mode == "max" else value < self.best
+
+
+class KeptStudent(NamedTuple):
+    """What a student stage that may keep its start returns: the student of the kept epoch and
+    that epoch (0: the start, validated first when the stage fine-tunes a trained network, and
+    kept when no epoch beats it; the workflow writes it to the checkpoint, emkt.checkpoints.kept_epoch_extra)."""
+
+    student: nn.Module
+    kept_epoch: int
 
 
 class TrainingCollapsed(RuntimeError):
@@ -696,7 +705,7 @@ def consistency_loss(logits: torch.Tensor, reference_prob: torch.Tensor, kind: s
 
 def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teachers: list[nn.Module],
                    history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
-                   variant: str = "faithful") -> nn.Module:
+                   variant: str = "faithful") -> KeptStudent:
     """Knowledge expansion: train the joint student on unlabelled pool images to minimise the
     predicted loss of ``teachers`` (config expand; README "Expansion variants").
 
@@ -709,7 +718,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     - committee: several teachers' predictions, combined by expand.committee.reduce.
 
     Validation IoU picks the kept epoch, the starting student (epoch 0) included, and
-    ExpansionGuard ends a stage that collapses.
+    ExpansionGuard ends a stage that collapses. Returns the kept student and its epoch.
     """
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
@@ -789,12 +798,13 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
             seen += len(image)
         return {**tracker.means(), "pool_images": seen}
 
+    selection = Selection("iou")
     best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, val_items, cfg, rt)[0],
-               {"student": student}, schedulers, Selection("iou"), history_path, f"expand_{variant}",
+               {"student": student}, schedulers, selection, history_path, f"expand_{variant}",
                stateful, resume, CollapseGuard.from_config(cfg), rt.group,
                validate_start=True, early_stop=ExpansionGuard.from_config(cfg, files))
     student.load_state_dict(best["student"])
-    return student
+    return KeptStudent(student, selection.epoch)
 
 
 # ---------------------------------------------------------------- distillation conditions
@@ -838,13 +848,18 @@ def pseudo_label_targets(pseudo: torch.Tensor, threshold: float) -> tuple[torch.
 
 
 def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Path, student: nn.Module,
-               history_path: str | Path, device: torch.device | str,
-               resume: Checkpointing | None = None) -> nn.Module:
+               history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None, *,
+               from_trained: bool) -> KeptStudent:
     """Pseudo-label self-training: each step one labelled batch (BCE against the GT) and one
     pool batch (BCE against the teacher's confident hard labels, pool_weight times).
 
     An epoch is ``expand.images_per_epoch`` pool images for ``expand.epochs`` epochs, so the
     student sees as many pool images as knowledge expansion does; the labelled crops repeat as needed.
+
+    ``from_trained``: ``student`` is a trained network (pseudo_label.init: baseline). Then, as
+    in expansion, it is validated first (epoch 0) and kept if no epoch beats it on validation
+    IoU, so fine-tuning never returns a student worse on validation than its start; from
+    scratch there is no epoch 0. Returns the kept student and its epoch.
     """
     stage_cfg = cfg["pseudo_label"]
     size = cfg["input_size"]
@@ -877,11 +892,13 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
             seen += len(pool_batch["image"])
         return {**tracker.means(), "pool_images": seen}
 
+    selection = Selection("iou")
     best = fit(cfg["expand"]["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "pseudo_labelled",
-               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
+               {"student": student}, [scheduler], selection, history_path, "pseudo_labelled",
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group,
+               validate_start=from_trained)
     student.load_state_dict(best["student"])
-    return student
+    return KeptStudent(student, selection.epoch)
 
 
 class DistillationHead(nn.Module):

@@ -6,16 +6,18 @@ seed = int(snakemake.wildcards.seed)
 config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
-from emkt.checkpoints import load_model, save_model
+from emkt.checkpoints import kept_epoch_extra, load_model, save_model
 from emkt.models import build_student
 from emkt.train import self_train
 
-if snakemake.input.init:
+# the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
+start = "baseline" if snakemake.input.init else None
+if start is not None:
     student, _ = load_model(snakemake.input.init[0], expected_kind="student")
 else:
     student = build_student(config["student"], config["input_size"])
-student = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
-                     snakemake.output.history, device, resume)
-save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
-           {"condition": "pseudo_labelled", "seed": seed})
+trained = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
+                     snakemake.output.history, device, resume, from_trained=start is not None)
+save_model(snakemake.output.model, trained.student, "student", config["student"], config["input_size"],
+           {"condition": "pseudo_labelled", "seed": seed, **kept_epoch_extra(trained.kept_epoch, start)})
 resume.clear()
