@@ -14,7 +14,7 @@ from emkt.augment import (
     MaskCorruptor,
     train_augmentation,
 )
-from emkt.losses import per_image_bce
+from emkt.losses import per_image_loss_of_prob
 
 PROB_KEYS = [k for k in DEFAULT_CORRUPTION if k.startswith("p_")]
 SINGLE_CORRUPTIONS = [k for k in PROB_KEYS if k not in ("p_identity", "p_severe")]
@@ -104,7 +104,7 @@ def test_each_corruption_alone_changes_mask(gt_batch, key):
     changed = (out - masks).abs().flatten(1).amax(dim=1) > 1e-3
     # Random erasing can, rarely, miss all foreground; everything else always changes the mask.
     assert changed.sum() >= (10 if key == "p_dropout" else 12), key
-    assert (per_image_bce(out, masks) > per_image_bce(masks, masks)).sum() >= 10
+    assert (per_image_loss_of_prob(out, masks) > per_image_loss_of_prob(masks, masks)).sum() >= 10
 
 
 def test_thread_setting_restored(gt_batch):
@@ -131,7 +131,7 @@ def test_wrong_shape_raises():
 
 def test_bce_targets_cover_the_range(gt_batch):
     out = MaskCorruptor(seed=0).corrupt_batch(gt_batch)
-    bce = per_image_bce(out, gt_batch).numpy()
+    bce = per_image_loss_of_prob(out, gt_batch).numpy()
     assert (bce < 0.05).mean() >= 0.10
     assert (bce > 1.0).mean() >= 0.10
     # Spread: 8 equal-width bins over [0, 2] (larger values clipped into the last bin). Bins up

@@ -47,7 +47,7 @@ def test_every_stage_trains_on_the_gpu(gpu_setup, tmp_path):
     baseline = train_student_baseline(config, 0, files, tmp_path / "base.csv", GPU)
     teacher, joint = joint_train(config, 0, files, teacher, tmp_path / "joint.csv", GPU)
     expanded = expand_student(config, 0, files, joint, [teacher], tmp_path / "expand.csv", GPU,
-                              variant="alternating")
+                              variant="alternating").student
     unet = train_segmenter(config, 0, files, build_segmenter(config["segmenters"]["unet"]), 2, tmp_path / "u.csv", GPU)
     assert all(on_gpu(m) for m in (teacher, baseline, joint, expanded, unet))
 
@@ -64,7 +64,8 @@ def test_every_stage_trains_on_the_gpu(gpu_setup, tmp_path):
     for shard, out in zip(shards, outputs):
         write_pseudo_labels(unet, shard, out, config["input_size"], 0.25, 4, GPU)
     write_manifest("pseudo", outputs, tmp_path / "pseudo.json", tile=config["store"]["pool_tile"])
-    pseudo = self_train(config, 0, files, tmp_path / "pseudo.json", baseline, tmp_path / "p.csv", GPU)
+    pseudo = self_train(config, 0, files, tmp_path / "pseudo.json", baseline, tmp_path / "p.csv", GPU,
+                        from_trained=True).student
     small = feature_distill(config, 0, files, baseline, tmp_path / "f.csv", GPU)
     assert all(on_gpu(m) for m in (distilled, pseudo, small))
     for name in ("pre", "base", "joint", "expand", "u", "d", "p", "f"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import merged
-from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, load_model, save_model
+import emkt.train
+from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, kept_epoch_extra, load_model, save_model
 from emkt.config import ConfigError, validate_config
 from emkt.costs import inference_cost
 from emkt.data import normalise_image
@@ -153,6 +154,17 @@ def test_pseudo_labels_follow_the_pool_layout_and_crop_with_the_pool(tiny_data, 
 
 # ---------------------------------------------------------------- training stages
 
+def pseudo_manifest(labeller: torch.nn.Module, tiny_data, tmp_path) -> str:
+    """The pool's pseudo-labels by ``labeller``, written as a store; returns its manifest."""
+    pool = TileStore(tiny_data.pool)
+    shards = [tiny_data.pool.parent / "pool" / f"shard-{k:05d}.npy" for k in range(2)]
+    outputs = [tmp_path / "pseudo" / s.name for s in shards]
+    for shard, out in zip(shards, outputs):
+        write_pseudo_labels(labeller, shard, out, 32, 0.25, 4, CPU)
+    write_manifest("pseudo", outputs, tmp_path / "pseudo.json", tile=pool.tile)
+    return tmp_path / "pseudo.json"
+
+
 def test_ensemble_distillation_self_training_and_feature_distillation_run_and_log(tiny_config, tiny_data, tmp_path):
     torch.set_num_threads(1)
     seed_everything(0)
@@ -167,15 +179,12 @@ def test_ensemble_distillation_self_training_and_feature_distillation_run_and_lo
     assert {"train_bce", "train_soft_mse", "val_iou"} <= set(distilled.columns)
     assert len(distilled) == tiny_config["ensemble_distillation"]["epochs"]
 
-    pool = TileStore(tiny_data.pool)
-    shards = [tiny_data.pool.parent / "pool" / f"shard-{k:05d}.npy" for k in range(2)]
-    outputs = [tmp_path / "pseudo" / s.name for s in shards]
-    for shard, out in zip(shards, outputs):
-        write_pseudo_labels(student, shard, out, 32, 0.25, 4, CPU)
-    write_manifest("pseudo", outputs, tmp_path / "pseudo.json", tile=pool.tile)
-    self_train(tiny_config, 0, tiny_data, tmp_path / "pseudo.json", student, tmp_path / "self.csv", CPU)
+    kept = self_train(tiny_config, 0, tiny_data, pseudo_manifest(student, tiny_data, tmp_path),
+                      build_student(VIT, 32), tmp_path / "self.csv", CPU, from_trained=False)
     history = pd.read_csv(tmp_path / "self.csv")
     assert {"train_bce", "train_pool_bce", "train_confident_fraction", "val_iou"} <= set(history.columns)
+    # from scratch there is no epoch 0 to keep
+    assert list(history["epoch"]) == [1, 2] and kept.kept_epoch == history["epoch"][history["val_iou"].idxmax()]
     # As many pool images per epoch as expansion sees.
     assert (history["train_pool_images"] == tiny_config["expand"]["images_per_epoch"]).all()
 
@@ -185,6 +194,36 @@ def test_ensemble_distillation_self_training_and_feature_distillation_run_and_lo
     assert {"train_bce", "train_feature_mse", "train_response_bce", "val_iou"} <= set(history.columns)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in teacher.parameters())
     assert not teacher._forward_hooks and not any(m._forward_hooks for m in teacher.modules())
+
+
+def test_self_training_from_a_trained_student_keeps_its_start_when_no_epoch_beats_it(tiny_config, tiny_data,
+                                                                                    tmp_path, monkeypatch):
+    """As expansion: fine-tuning a trained student validates it first (epoch 0) and keeps it
+    when every epoch is worse on validation; its checkpoint says which epoch and from what."""
+    torch.set_num_threads(1)
+    seed_everything(0)
+    start = build_student(VIT, 32)
+    manifest = pseudo_manifest(start, tiny_data, tmp_path)
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    scores = iter([0.5, 0.4, 0.3])  # validation IoU of the start, then of each epoch: training only hurts
+
+    def validation(student, items, cfg, runtime):
+        iou = next(scores)
+        return {"iou": iou, "dice": 2 * iou / (1 + iou), "bce": 1.0 - iou, "predicted_fraction": 0.2}, []
+
+    monkeypatch.setattr(emkt.train, "student_validation", validation)
+    kept = self_train(tiny_config, 0, tiny_data, manifest, start, tmp_path / "self.csv", CPU, from_trained=True)
+    history = pd.read_csv(tmp_path / "self.csv")
+    assert list(history["epoch"]) == [0, 1, 2] and list(history["val_iou"]) == [0.5, 0.4, 0.3]
+    assert history["train_pool_bce"].iloc[1:].notna().all()  # both epochs trained
+    assert kept.kept_epoch == 0
+    assert all(torch.equal(value, kept.student.state_dict()[key]) for key, value in start_state.items())
+    # what train_pseudo_labelled.py writes, as evaluation reads it
+    save_model(tmp_path / "p.pth", kept.student, "student", VIT, 32,
+               {"condition": "pseudo_labelled", "seed": 0, **kept_epoch_extra(kept.kept_epoch, "baseline")})
+    assert load_model(tmp_path / "p.pth")[1]["extra"] == {"condition": "pseudo_labelled", "seed": 0,
+                                                           "kept_epoch": 0, "fine_tuned_from": "baseline"}
+    assert kept_epoch_extra(2) == {"kept_epoch": 2}  # from scratch: no start to name
 
 
 # ---------------------------------------------------------------- costs, agreement, config

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from emkt.evaluate import evaluate_segmenter, teacher_predictions
-from emkt.losses import per_image_bce
+from emkt.losses import per_image_loss_of_prob
 from emkt.metrics import InstanceMeter, PixelAurocMeter, SegmentationMeter, instance_scores, instances_from_probability, teacher_agreement
 
 # 4x4 case. Predicted positive (prob >= 0.5): (0,0) (0,1) (1,0) (1,2) (3,3).
@@ -239,10 +239,10 @@ def test_evaluation_skips_unlabelled_pixels():
     scores = evaluate_segmenter(_ScaledImage(), [unlabelled], 8, 0.25, 4, torch.device("cpu"))[0]
     assert scores["iou"] < 1.0 and scores["object_f1"] == pytest.approx(2 / 3) and scores["count_mae"] == 1.0
     # the teacher's true BCE per tile is over the tile's labelled pixels
-    tiles = teacher_predictions(_ConstantTeacher(), [item], probs, 8, torch.device("cpu"))
+    tiles = teacher_predictions(_ConstantTeacher(), [item], probs, 8, torch.device("cpu"), 3.0)
     prob, target = torch.from_numpy(probs[0])[None, None], torch.from_numpy(mask)[None, None].float()
-    last = per_image_bce(prob[..., 4:12, 12:20], target[..., 4:12, 12:20],
-                         valid=torch.from_numpy(valid)[None, None, 4:12, 12:20].float())
+    last = per_image_loss_of_prob(prob[..., 4:12, 12:20], target[..., 4:12, 12:20], 3.0,
+                                  valid=torch.from_numpy(valid)[None, None, 4:12, 12:20].float())
     assert tiles["true"].iloc[-1] == pytest.approx(float(last[0]))
     assert tiles["true"].max() < 0.01  # wrong only where unlabelled
 

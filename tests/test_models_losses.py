@@ -7,33 +7,100 @@ from torch import nn
 
 from emkt.checkpoints import load_model, save_model
 from emkt.data import masks_from_labels
-from emkt.losses import per_image_bce, per_image_bce_with_logits, per_image_kl_with_logits, per_image_mse, pixel_bce
+from emkt.losses import (PROB_EPS, per_image_kl_with_logits, per_image_loss, per_image_loss_of_prob, per_image_mse,
+                         pixel_loss_of_prob)
 from emkt.models import build_student, build_teacher, freeze
+from emkt.train import probability_sums, teacher_regression
 
 
-def test_per_image_bce_matches_hand_values():
+def test_per_image_loss_of_prob_matches_hand_values():
     prob = torch.tensor([0.9, 0.2, 0.5, 1.0]).reshape(1, 1, 2, 2)
     target = torch.tensor([1.0, 0.0, 1.0, 0.0]).reshape(1, 1, 2, 2)
     expected = (-math.log(0.9) - math.log(0.8) - math.log(0.5) - math.log(1e-3)) / 4
-    assert per_image_bce(prob, target).item() == pytest.approx(expected, rel=1e-5)
+    assert per_image_loss_of_prob(prob, target).item() == pytest.approx(expected, rel=1e-5)
     # one value per image, never a batch mean
     two = torch.cat([prob, target.clone()])
-    assert per_image_bce(two, torch.cat([target, target])).shape == (2,)
+    assert per_image_loss_of_prob(two, torch.cat([target, target])).shape == (2,)
 
 
-def test_bce_with_logits_agrees_and_weights_foreground():
-    logits = torch.tensor([2.0, -1.0, 0.0, 3.0]).reshape(1, 1, 2, 2)
-    target = torch.tensor([1.0, 0.0, 1.0, 0.0]).reshape(1, 1, 2, 2)
-    plain = per_image_bce_with_logits(logits, target)
-    assert plain.item() == pytest.approx(per_image_bce(torch.sigmoid(logits), target, eps=1e-7).item(), rel=1e-4)
-    assert per_image_bce_with_logits(logits, target, pos_weight=3.0).item() > plain.item()
+def hand_bce(logits: np.ndarray, target: np.ndarray, pos_weight: float) -> np.ndarray:
+    """-(w t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) per pixel, in float64."""
+    log_p, log_not_p = -np.logaddexp(0.0, -logits), -np.logaddexp(0.0, logits)
+    return -(pos_weight * target * log_p + (1.0 - target) * log_not_p)
+
+
+def hand_mean(pixel: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.array([pixel[i][valid[i] > 0].mean() if valid[i].any() else 0.0 for i in range(len(pixel))])
+
+
+# Two 2x4 images: right and wrong pixels, confident ones past the clamp (|z| > logit(1 - 1e-3)
+# ~ 6.9) among them, and ignored pixels (valid 0) holding the worst errors.
+LOGITS = np.array([[[[8.0, -9.0, 2.0, 0.5], [-8.0, 9.0, -1.0, 12.0]]],
+                   [[[-3.0, 1.5, 7.5, -0.2], [4.0, -6.0, 3.0, -12.0]]]])
+MASK = np.array([[[[1, 1, 1, 0], [0, 0, 1, 1]]],
+                 [[[1, 0, 0, 1], [1, 0, 1, 1]]]], dtype=np.float64)
+VALID = np.array([[[[1, 1, 1, 1], [1, 1, 1, 0]]],
+                  [[[1, 1, 0, 1], [1, 1, 1, 0]]]], dtype=np.float64)
+
+
+def test_the_teacher_target_is_the_students_weighted_loss_within_the_clamp():
+    logits, mask, valid = (torch.from_numpy(a).float() for a in (LOGITS, MASK, VALID))
+    limit = math.log((1 - PROB_EPS) / PROB_EPS)
+    prob = torch.sigmoid(logits)
+    student = hand_mean(hand_bce(LOGITS, MASK, 3.0), VALID)
+    assert per_image_loss(logits, mask, 3.0, valid=valid).numpy() == pytest.approx(student, rel=1e-5)
+    # the teacher's target: the same loss, of the logits clamped to +-logit(1 - eps)
+    clamped = hand_mean(hand_bce(np.clip(LOGITS, -limit, limit), MASK, 3.0), VALID)
+    target = per_image_loss_of_prob(prob, mask, 3.0, valid=valid)
+    assert target.numpy() == pytest.approx(clamped, rel=1e-4)
+    # the confidently wrong, unclamped pixels (-9 and 9 against their labels) cost the student more
+    assert student[0] > clamped[0] + 0.1 and student[1] == pytest.approx(clamped[1], rel=1e-3)
+    # within the clamp the two coincide; the error map is the per-pixel loss
+    inside = np.abs(LOGITS) < limit
+    assert per_image_loss_of_prob(prob, mask, 3.0, valid=valid * torch.from_numpy(inside)).numpy() == \
+        pytest.approx(per_image_loss(logits, mask, 3.0, valid=valid * torch.from_numpy(inside)).numpy(), rel=1e-4)
+    error_map = pixel_loss_of_prob(prob, mask, 3.0)
+    assert error_map.numpy() == pytest.approx(hand_bce(np.clip(LOGITS, -limit, limit), MASK, 3.0), rel=1e-4)
+
+    # the teacher is trained on exactly this target: a teacher predicting 0 has MSE = mean target^2
+    class Zero(nn.Module):
+        def forward(self, image, prob, dense=False):
+            return torch.zeros_like(prob) if dense else torch.zeros(len(prob))
+
+    image = torch.zeros_like(prob)
+    critic = teacher_regression(Zero(), False, image, prob, mask, valid, 3.0)
+    assert critic.item() == pytest.approx(np.mean(clamped ** 2), rel=1e-4)
+    dense = teacher_regression(Zero(), True, image, prob, mask, valid, 3.0)
+    squared = hand_bce(np.clip(LOGITS, -limit, limit), MASK, 3.0) ** 2
+    assert dense.item() == pytest.approx(hand_mean(squared, VALID).mean(), rel=1e-4)
+    # and the validation BCE pools it over the labelled pixels of whole images
+    items = [{"mask": MASK[i, 0].astype(np.uint8), "valid": VALID[i, 0].astype(np.uint8)} for i in range(2)]
+    sums = probability_sums(items, [prob[i, 0].numpy() for i in range(2)], 0.5, 3.0)
+    pixels = hand_bce(np.clip(LOGITS, -limit, limit), MASK, 3.0)[VALID > 0]
+    assert sums[0] / sums[2] == pytest.approx(pixels.mean(), rel=1e-4) and sums[2] == VALID.sum()
+
+
+def test_with_pos_weight_1_the_losses_are_the_plain_bce():
+    logits, mask, valid = (torch.from_numpy(a).float() for a in (LOGITS, MASK, VALID))
+    prob = torch.sigmoid(logits)
+    # the student's loss: plain BCE with logits
+    assert per_image_loss(logits, mask, valid=valid).numpy() == \
+        pytest.approx(hand_mean(hand_bce(LOGITS, MASK, 1.0), VALID), rel=1e-5)
+    # the teacher's target: the BCE of probabilities clamped to [eps, 1 - eps], as before pos_weight
+    p = np.clip(1.0 / (1.0 + np.exp(-LOGITS)), PROB_EPS, 1 - PROB_EPS)
+    plain = -(MASK * np.log(p) + (1 - MASK) * np.log1p(-p))
+    assert per_image_loss_of_prob(prob, mask, valid=valid).numpy() == pytest.approx(hand_mean(plain, VALID), rel=1e-4)
+    assert pixel_loss_of_prob(prob, mask).numpy() == pytest.approx(plain, rel=1e-4)
+    # a larger pos_weight costs the foreground pixels more
+    assert (per_image_loss(logits, mask, 3.0) > per_image_loss(logits, mask)).all()
 
 
 IGNORE = 65535
 # Each loss as a function of the network's logits; MSE as in soft-label distillation.
 MASKED_LOSSES = {
-    "bce": lambda logits, target, valid: per_image_bce(torch.sigmoid(logits), target, valid=valid),
-    "bce_with_logits": lambda logits, target, valid: per_image_bce_with_logits(logits, target, 2.0, valid=valid),
+    "loss_of_prob": lambda logits, target, valid: per_image_loss_of_prob(torch.sigmoid(logits), target, 2.0,
+                                                                          valid=valid),
+    "loss": lambda logits, target, valid: per_image_loss(logits, target, 2.0, valid=valid),
     "mse": lambda logits, target, valid: per_image_mse(torch.sigmoid(logits), target, valid=valid),
 }
 
@@ -156,12 +223,12 @@ def test_error_map_teacher_checkpoint_and_arch_checks(tmp_path):
     assert type(build_teacher(critic, 32)).__name__ == "LossPredictor"
 
 
-def test_pixel_bce_and_kl():
+def test_pixel_loss_and_kl():
     prob = torch.tensor([[[[0.9, 0.2], [0.5, 1.0]]]])
     target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
-    pixel = pixel_bce(prob, target)
+    pixel = pixel_loss_of_prob(prob, target, 2.0)
     assert pixel.shape == prob.shape
-    assert torch.allclose(pixel.mean(dim=(1, 2, 3)), per_image_bce(prob, target))
+    assert torch.allclose(pixel.mean(dim=(1, 2, 3)), per_image_loss_of_prob(prob, target, 2.0))
     logits = torch.randn(2, 1, 4, 4)
     same = torch.sigmoid(logits)
     assert torch.allclose(per_image_kl_with_logits(logits, same), torch.zeros(2), atol=1e-5)
@@ -170,5 +237,5 @@ def test_pixel_bce_and_kl():
     # KL and BCE differ by the target's entropy: the same gradient for the student
     logits.requires_grad_(True)
     grad_kl = torch.autograd.grad(per_image_kl_with_logits(logits, other).sum(), logits)[0]
-    grad_bce = torch.autograd.grad(per_image_bce_with_logits(logits, other).sum(), logits)[0]
+    grad_bce = torch.autograd.grad(per_image_loss(logits, other).sum(), logits)[0]
     assert torch.allclose(grad_kl, grad_bce, atol=1e-6)

@@ -54,14 +54,14 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     assert any(not torch.equal(v, teacher.state_dict()[k]) for k, v in pretrained_state.items())
 
     joint_state = {k: v.clone() for k, v in student.state_dict().items()}
-    expanded = expand_student(tiny_config, 1, tiny_data, student, [teacher], tmp_path / "expand.csv", CPU,
-                              variant="faithful")
+    expanded, kept_epoch = expand_student(tiny_config, 1, tiny_data, student, [teacher], tmp_path / "expand.csv",
+                                          CPU, variant="faithful")
     history = pd.read_csv(tmp_path / "expand.csv")
     # epoch 0 is the joint student, validated before expansion and a candidate itself
     assert list(history["epoch"]) == [0, 1, 2] and "train_teacher_predicted" in history
     assert {"train_predicted_fraction", "val_bce", "val_predicted_fraction"} <= set(history.columns)
     kept = int(history["val_iou"].idxmax())
-    assert state_equal_dict(joint_state, expanded.state_dict()) == (kept == 0)
+    assert kept_epoch == kept and state_equal_dict(joint_state, expanded.state_dict()) == (kept == 0)
     # the frozen teacher was not changed by expansion
     assert all(not p.requires_grad for p in teacher.parameters())
 

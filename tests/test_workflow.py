@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from conftest import REPO, SHARED_DATA, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
+from emkt.checkpoints import load_checkpoint
 from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
@@ -211,13 +212,18 @@ def test_demo_dag_produces_table_and_figures(demo_run):
                   "segmenter_basicunet", "student_ensemble_distilled", "student_pseudo_labelled",
                   "student_feature_distilled"):
         history = pd.read_csv(results / "history" / f"{stage}_0.csv")
-        # expansion validates its starting student first (epoch 0)
-        epochs = [0, 1, 2] if stage.startswith("student_expanded") else [1, 2]
+        # expansion and self-training from the baseline (pseudo_label.init) validate their start first (epoch 0)
+        fine_tuned = stage.startswith("student_expanded") or stage == "student_pseudo_labelled"
+        epochs = [0, 1, 2] if fine_tuned else [1, 2]
         assert {"epoch", "lr", "seconds"} <= set(history.columns) and list(history["epoch"]) == epochs, stage
+        if fine_tuned:  # the checkpoint says which epoch was kept, and what it was fine-tuned from
+            extra = load_checkpoint(results / "models" / f"{stage}_0.pth")["extra"]
+            start = "baseline" if stage == "student_pseudo_labelled" else "joint"
+            assert extra["fine_tuned_from"] == start and extra["kept_epoch"] == history["val_iou"].idxmax(), stage
     # Self-training sees as many pool images as expansion.
     pool_images = [pd.read_csv(results / "history" / f"{stage}_0.csv")["train_pool_images"]
                    for stage in ("student_expanded_anchored", "student_pseudo_labelled")]
-    assert pool_images[0].dropna().tolist() == pool_images[1].tolist()  # expansion's epoch 0 trains on nothing
+    assert pool_images[0].dropna().tolist() == pool_images[1].dropna().tolist()  # epoch 0 trains on nothing
     soft = pd.read_csv(results / "soft_labels" / "ensemble_0.csv")
     assert len(soft) == (split["split"] == "train").sum()
     # Pseudo-label shards are temporary by default (as large as the pool): gone once used.

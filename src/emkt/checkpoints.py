@@ -29,6 +29,20 @@ REQUIRED_KEYS = ("format_version", "kind", "arch", "input_size", "normalisation"
 SEGMENTER_ARCH_KEYS = {"required": ("type", "width"), "optional": ("depth", "epochs")}
 
 
+# Keys of a checkpoint's extra that say which epoch a stage kept (0: its start) and, for a
+# stage that fine-tunes a trained network, the condition of that network (e.g. "joint").
+KEPT_EPOCH, FINE_TUNED_FROM = "kept_epoch", "fine_tuned_from"
+
+
+def kept_epoch_extra(kept_epoch: int, fine_tuned_from: str | None = None) -> dict[str, Any]:
+    """The checkpoint extra of a stage's kept epoch: ``{"kept_epoch": k}``, plus
+    ``"fine_tuned_from": <start's condition>`` when the stage started from a trained network."""
+    extra: dict[str, Any] = {KEPT_EPOCH: int(kept_epoch)}
+    if fine_tuned_from is not None:
+        extra[FINE_TUNED_FROM] = fine_tuned_from
+    return extra
+
+
 def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_size: int,
                extra: dict[str, Any] | None = None) -> None:
     """Write ``{state_dict, kind, arch, input_size, ...}`` atomically (temp file, then rename).

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .losses import per_image_bce
+from .losses import per_image_loss_of_prob
 from .metrics import InstanceMeter, PixelAurocMeter, ScoreHistogram, SegmentationMeter, teacher_agreement
 from .predict import sliding_window
 from .store import edge_flush_starts
@@ -114,8 +114,10 @@ def tiles(arrays: list[np.ndarray], size: int) -> Iterator[tuple[int, list[np.nd
 
 @torch.no_grad()
 def teacher_predictions(teacher: nn.Module, items: list[dict], probs: list[np.ndarray],
-                        input_size: int, device: torch.device) -> pd.DataFrame:
-    """Per tile of the input size: the teacher's predicted BCE of a probability map and the true BCE.
+                        input_size: int, device: torch.device, pos_weight: float) -> pd.DataFrame:
+    """Per tile of the input size: the teacher's predicted loss of a probability map and the
+    true loss, the student's BCE with ``pos_weight`` (train.pos_weight) that the teacher was
+    trained to predict (losses.per_image_loss_of_prob).
 
     The teacher was trained on crops of the input size, so it is asked about tiles, never
     about resized images.
@@ -130,7 +132,8 @@ def teacher_predictions(teacher: nn.Module, items: list[dict], probs: list[np.nd
             rows.append({"image": item["name"], "tile": index,
                          "predicted": float(teacher(image_t, prob_t)[0]),
                          # over the tile's labelled pixels only (tiles() pads valid with 0)
-                         "true": float(per_image_bce(prob_t, mask_t, valid=valid_t[0] if valid_t else None)[0])})
+                         "true": float(per_image_loss_of_prob(prob_t, mask_t, pos_weight,
+                                                              valid=valid_t[0] if valid_t else None)[0])})
     return pd.DataFrame(rows)
 
 
@@ -152,7 +155,7 @@ def pixel_error_auroc(teacher: nn.Module, items: list[dict], probs: list[np.ndar
 
 
 def summarise_teacher(per_tile: pd.DataFrame) -> dict[str, float]:
-    """MAE and Spearman correlation between predicted and true per-tile BCE."""
+    """MAE and Spearman correlation between predicted and true per-tile loss."""
     return teacher_agreement(per_tile["predicted"].to_numpy(), per_tile["true"].to_numpy())
 
 

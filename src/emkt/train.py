@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,8 @@ from .datasets import LabelledCrops, PoolCrops
 from .acceleration import Runtime, Update
 from .distributed import ProcessGroup, current, gather, global_batch_slices, local_batch_size, mean_over_ranks, shard
 from .evaluate import score_segmenter, summarise_teacher, teacher_predictions
-from .losses import per_image_bce, per_image_bce_with_logits, per_image_kl_with_logits, per_image_mse, pixel_bce
+from .losses import (per_image_kl_with_logits, per_image_loss, per_image_loss_of_prob, per_image_mse,
+                     pixel_loss_of_prob)
 from .metrics import SegmentationMeter
 from .models import (FeatureProjection, FeatureTap, build_student, build_teacher, feature_channels, freeze,
                      is_dense_teacher, teacher_arch)
@@ -190,6 +191,15 @@ class Selection:
         if np.isnan(self.best):
             return not np.isnan(value)
         return value > self.best if self.mode == "max" else value < self.best
+
+
+class KeptStudent(NamedTuple):
+    """What a student stage that may keep its start returns: the student of the kept epoch and
+    that epoch (0: the start, validated first when the stage fine-tunes a trained network, and
+    kept when no epoch beats it; the workflow writes it to the checkpoint, emkt.checkpoints.kept_epoch_extra)."""
+
+    student: nn.Module
+    kept_epoch: int
 
 
 class TrainingCollapsed(RuntimeError):
@@ -371,24 +381,24 @@ def student_validation(student: nn.Module, val_items: list[dict], cfg: dict,
                                    ev["batch_size"], runtime.device, ev["threshold"], ev["calibration_bins"])
     meters = gather(meter, runtime.group)
     metrics = functools.reduce(SegmentationMeter.merge, meters[1:], meters[0]).compute()
-    sums = np.sum(gather(probability_sums(shard(val_items, runtime.group), probs, ev["threshold"]), runtime.group),
-                  axis=0)
+    sums = np.sum(gather(probability_sums(shard(val_items, runtime.group), probs, ev["threshold"],
+                                          cfg["train"]["pos_weight"]), runtime.group), axis=0)
     student.train()
     return {"iou": metrics["iou"], "dice": metrics["dice"], "bce": sums[0] / max(sums[2], 1.0),
             "predicted_fraction": sums[1] / max(sums[2], 1.0)}, probs
 
 
-def probability_sums(items: list[dict], probs: list[np.ndarray], threshold: float) -> np.ndarray:
-    """Summed pixel BCE (the loss the teacher predicts: losses.per_image_bce), summed
-    predicted-foreground pixels and the pixel count, over the labelled pixels of whole
-    images: sums, so that ranks' shares add up."""
+def probability_sums(items: list[dict], probs: list[np.ndarray], threshold: float, pos_weight: float) -> np.ndarray:
+    """Summed pixel loss (the student's BCE with ``pos_weight``, as the teacher predicts it:
+    losses.per_image_loss_of_prob), summed predicted-foreground pixels and the pixel count,
+    over the labelled pixels of whole images: sums, so that ranks' shares add up."""
     totals = np.zeros(3)
     for item, prob in zip(items, probs):
         keep = item["valid"] > 0 if "valid" in item else np.ones(prob.shape, bool)
         prob_t, mask_t, keep_t = (torch.from_numpy(np.ascontiguousarray(a))[None, None].float()
                                   for a in (prob, item["mask"], keep))
         count = float(keep.sum())
-        totals += [float(per_image_bce(prob_t, mask_t, valid=keep_t)[0]) * count,
+        totals += [float(per_image_loss_of_prob(prob_t, mask_t, pos_weight, valid=keep_t)[0]) * count,
                    float((prob[keep] >= threshold).sum()), count]
     return totals
 
@@ -403,33 +413,37 @@ def new_teacher(cfg: dict, kind: str = "critic") -> nn.Module:
 
 
 def teacher_regression(train_teacher: nn.Module, dense: bool, image: torch.Tensor, prob: torch.Tensor,
-                       mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+                       mask: torch.Tensor, valid: torch.Tensor, pos_weight: float) -> torch.Tensor:
     """The teacher's training loss on one batch of (image, mask probability): the MSE of its
-    predicted per-image BCE, or, for an error-map teacher (``dense``), the MSE of its
-    predicted per-pixel BCE map over the labelled pixels."""
+    predicted per-image loss, or, for an error-map teacher (``dense``), the MSE of its
+    predicted per-pixel loss map over the labelled pixels. The target is the student's own
+    loss (train.pos_weight as ``pos_weight``) of ``prob`` (losses.per_image_loss_of_prob)."""
     if dense:
-        return per_image_mse(train_teacher(image, prob, dense=True), pixel_bce(prob, mask), valid=valid).mean()
-    return F.mse_loss(train_teacher(image, prob).float(), per_image_bce(prob, mask, valid=valid))
+        target = pixel_loss_of_prob(prob, mask, pos_weight)
+        return per_image_mse(train_teacher(image, prob, dense=True), target, valid=valid).mean()
+    return F.mse_loss(train_teacher(image, prob).float(), per_image_loss_of_prob(prob, mask, pos_weight, valid=valid))
 
 
 def teacher_step_loss(train_teacher: nn.Module, dense: bool, image: torch.Tensor, prob: torch.Tensor,
-                      mask: torch.Tensor, valid: torch.Tensor, corrupted: torch.Tensor | None) -> torch.Tensor:
+                      mask: torch.Tensor, valid: torch.Tensor, corrupted: torch.Tensor | None,
+                      pos_weight: float) -> torch.Tensor:
     """The loss of one teacher step of joint training (and of the alternating expansion): its
     regression on a student's detached predictions, plus, with ``corrupted`` masks (on the
     host), on those, so that it keeps the whole error range."""
-    loss = teacher_regression(train_teacher, dense, image, prob.detach(), mask, valid)
+    loss = teacher_regression(train_teacher, dense, image, prob.detach(), mask, valid, pos_weight)
     if corrupted is not None:
         loss = loss + teacher_regression(train_teacher, dense, image, corrupted.to(image.device, non_blocking=True),
-                                         mask, valid)
+                                         mask, valid, pos_weight)
     return loss
 
 
 # ---------------------------------------------------------------- stage 1: teacher pretraining
 
 def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, corruption: dict,
-                             seed: int) -> dict[str, torch.Tensor]:
-    """A fixed set of (image crop, corrupted mask, GT crop): the same every epoch and seed,
-    so validation losses are comparable across epochs."""
+                             seed: int, pos_weight: float) -> dict[str, torch.Tensor]:
+    """A fixed set of (image crop, corrupted mask, GT crop) and the teacher's target, the
+    student's loss of the corrupted mask (``pos_weight``: train.pos_weight): the same every
+    epoch and seed, so validation losses are comparable across epochs."""
     rng = np.random.default_rng([seed, 99])
     corruptor = MaskCorruptor(corruption, seed=seed + 99)
     crops: dict[str, list[torch.Tensor]] = {"image": [], "mask": [], "valid": []}
@@ -440,7 +454,7 @@ def corrupted_validation_set(val_items: list[dict], size: int, per_image: int, c
     image_t, mask_t, valid_t = (torch.stack(crops[key])[:, None] for key in crops)
     corrupted = corruptor.corrupt_batch(mask_t)
     return {"image": image_t, "mask": mask_t, "corrupted": corrupted,
-            "target": per_image_bce(corrupted, mask_t, valid=valid_t)}
+            "target": per_image_loss_of_prob(corrupted, mask_t, pos_weight, valid=valid_t)}
 
 
 @torch.no_grad()
@@ -466,8 +480,9 @@ def teacher_validation(teacher: nn.Module, val_set: dict[str, torch.Tensor], bat
 def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str | Path,
                      device: torch.device | str, resume: Checkpointing | None = None,
                      kind: str = "critic") -> nn.Module:
-    """Teach a teacher of ``kind`` to predict BCE(corrupted GT, GT) from (image, corrupted GT):
-    the per-image BCE (Critic) or the per-pixel BCE map (error map)."""
+    """Teach a teacher of ``kind`` to predict the student's loss of a corrupted GT mask (BCE with
+    train.pos_weight, losses.per_image_loss_of_prob) from (image, corrupted GT): per image
+    (Critic) or the per-pixel map (error map)."""
     stage_cfg = cfg["teacher_pretrain"]
     rt = Runtime.from_config(cfg, device)
     data = labelled_data(cfg, seed, files, rt)
@@ -475,8 +490,9 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
     dense = is_dense_teacher(teacher)
     train_teacher, update, scheduler = optimisation(rt, teacher, cfg["train"])
     corruptor = MaskCorruptor(stage_cfg["corruption"], seed=seed)
+    pos_weight = cfg["train"]["pos_weight"]
     val_set = corrupted_validation_set(data.val_items, cfg["input_size"], stage_cfg["val_corruptions_per_image"],
-                                       stage_cfg["corruption"], seed)
+                                       stage_cfg["corruption"], seed, pos_weight)
 
     def train_epoch(epoch: int) -> dict[str, float]:
         teacher.train()
@@ -486,10 +502,10 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
             batch = rt.batch({**batch, "corrupted": corrupted})
             with rt.autocast():
                 loss = teacher_regression(train_teacher, dense, batch["image"], batch["corrupted"], batch["mask"],
-                                          batch["valid"])
+                                          batch["valid"], pos_weight)
             update(loss)
-            tracker.add(mse=loss, target_mean=per_image_bce(batch["corrupted"], batch["mask"],
-                                                            valid=batch["valid"]).mean())
+            tracker.add(mse=loss, target_mean=per_image_loss_of_prob(batch["corrupted"], batch["mask"], pos_weight,
+                                                                     valid=batch["valid"]).mean())
         return tracker.means()
 
     best = fit(stage_cfg["epochs"], train_epoch,
@@ -504,7 +520,7 @@ def pretrain_teacher(cfg: dict, seed: int, files: DataFiles, history_path: str |
 
 def gt_bce(logits: torch.Tensor, batch: dict[str, torch.Tensor], cfg: dict) -> torch.Tensor:
     """Per-image BCE against the ground truth over labelled (not ignored) pixels, shape (B,)."""
-    return per_image_bce_with_logits(logits, batch["mask"], cfg["train"]["pos_weight"], valid=batch["valid"])
+    return per_image_loss(logits, batch["mask"], cfg["train"]["pos_weight"], valid=batch["valid"])
 
 
 def segmenter_epoch(train_model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], update: Update,
@@ -517,7 +533,7 @@ def segmenter_epoch(train_model: nn.Module, batches: Iterable[dict[str, torch.Te
         batch = runtime.batch(batch)
         with runtime.autocast():
             logits = train_model(batch["image"])
-        loss = per_image_bce_with_logits(logits, batch["mask"], pos_weight, valid=batch["valid"]).mean()
+        loss = per_image_loss(logits, batch["mask"], pos_weight, valid=batch["valid"]).mean()
         update(loss)
         tracker.add(bce=loss)
     return tracker.means()
@@ -558,8 +574,8 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
 
     Per step: the student minimises its per-image BCE plus ``teacher_loss_weight`` times the
     (frozen) teacher's predicted loss of its own output; then the teacher regresses the
-    student's true per-image BCE, and that of a batch of corrupted GT masks so it keeps the
-    whole error range.
+    student's true per-image loss (the same BCE, train.pos_weight included), and that of a
+    batch of corrupted GT masks so it keeps the whole error range.
     """
     stage_cfg = cfg["joint"]
     rt = Runtime.from_config(cfg, device)
@@ -591,7 +607,8 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
             update_s(loss_s)
 
             with rt.autocast():
-                loss_t = teacher_step_loss(train_teacher, dense, image, prob, mask, batch["valid"], corrupted)
+                loss_t = teacher_step_loss(train_teacher, dense, image, prob, mask, batch["valid"], corrupted,
+                                           cfg["train"]["pos_weight"])
             update_t(loss_t)
             tracker.add(student_loss=loss_s, bce=bce.mean(),
                         teacher_predicted=predicted.float().mean(), teacher_mse=loss_t)
@@ -599,7 +616,8 @@ def joint_train(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, hist
 
     def validate() -> dict[str, float]:
         values, probs = student_validation(student, data.val_items, cfg, rt)
-        mine = teacher_predictions(teacher, shard(data.val_items, rt.group), probs, cfg["input_size"], rt.device)
+        mine = teacher_predictions(teacher, shard(data.val_items, rt.group), probs, cfg["input_size"], rt.device,
+                                   cfg["train"]["pos_weight"])
         agreement = summarise_teacher(pd.concat(gather(mine, rt.group), ignore_index=True))
         teacher.train()
         return {**values, "teacher_mae": agreement["mae"], "teacher_spearman": agreement["spearman"]}
@@ -682,12 +700,12 @@ def consistency_loss(logits: torch.Tensor, reference_prob: torch.Tensor, kind: s
     probabilities (config expand.consistency): BCE, or Bernoulli KL (0 at agreement)."""
     if kind == "kl":
         return per_image_kl_with_logits(logits, reference_prob)
-    return per_image_bce_with_logits(logits, reference_prob)
+    return per_image_loss(logits, reference_prob)
 
 
 def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, teachers: list[nn.Module],
                    history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
-                   variant: str = "faithful") -> nn.Module:
+                   variant: str = "faithful") -> KeptStudent:
     """Knowledge expansion: train the joint student on unlabelled pool images to minimise the
     predicted loss of ``teachers`` (config expand; README "Expansion variants").
 
@@ -700,7 +718,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
     - committee: several teachers' predictions, combined by expand.committee.reduce.
 
     Validation IoU picks the kept epoch, the starting student (epoch 0) included, and
-    ExpansionGuard ends a stage that collapses.
+    ExpansionGuard ends a stage that collapses. Returns the kept student and its epoch.
     """
     stage_cfg = cfg["expand"]
     size = cfg["input_size"]
@@ -742,7 +760,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
             prob = torch.sigmoid(student(batch["image"]).float())
         with rt.autocast():
             loss = teacher_step_loss(train_teacher, dense, batch["image"], prob, batch["mask"], batch["valid"],
-                                     corrupted)
+                                     corrupted, cfg["train"]["pos_weight"])
         update_t(loss)
         return loss
 
@@ -780,12 +798,13 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
             seen += len(image)
         return {**tracker.means(), "pool_images": seen}
 
+    selection = Selection("iou")
     best = fit(stage_cfg["epochs"], train_epoch, lambda: student_validation(student, val_items, cfg, rt)[0],
-               {"student": student}, schedulers, Selection("iou"), history_path, f"expand_{variant}",
+               {"student": student}, schedulers, selection, history_path, f"expand_{variant}",
                stateful, resume, CollapseGuard.from_config(cfg), rt.group,
                validate_start=True, early_stop=ExpansionGuard.from_config(cfg, files))
     student.load_state_dict(best["student"])
-    return student
+    return KeptStudent(student, selection.epoch)
 
 
 # ---------------------------------------------------------------- distillation conditions
@@ -829,13 +848,18 @@ def pseudo_label_targets(pseudo: torch.Tensor, threshold: float) -> tuple[torch.
 
 
 def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Path, student: nn.Module,
-               history_path: str | Path, device: torch.device | str,
-               resume: Checkpointing | None = None) -> nn.Module:
+               history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None, *,
+               from_trained: bool) -> KeptStudent:
     """Pseudo-label self-training: each step one labelled batch (BCE against the GT) and one
     pool batch (BCE against the teacher's confident hard labels, pool_weight times).
 
     An epoch is ``expand.images_per_epoch`` pool images for ``expand.epochs`` epochs, so the
     student sees as many pool images as knowledge expansion does; the labelled crops repeat as needed.
+
+    ``from_trained``: ``student`` is a trained network (pseudo_label.init: baseline). Then, as
+    in expansion, it is validated first (epoch 0) and kept if no epoch beats it on validation
+    IoU, so fine-tuning never returns a student worse on validation than its start; from
+    scratch there is no epoch 0. Returns the kept student and its epoch.
     """
     stage_cfg = cfg["pseudo_label"]
     size = cfg["input_size"]
@@ -860,7 +884,7 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
             with rt.autocast():
                 logits, pool_logits = train_student(batch["image"]), train_student(pool_batch["image"])
             bce = gt_bce(logits, batch, cfg)
-            pool_bce = per_image_bce_with_logits(pool_logits, target, cfg["train"]["pos_weight"], valid=confident)
+            pool_bce = per_image_loss(pool_logits, target, cfg["train"]["pos_weight"], valid=confident)
             loss = bce.mean() + weight * pool_bce.mean()
             update(loss)
             tracker.add(loss=loss, bce=bce.mean(), pool_bce=pool_bce.mean(),
@@ -868,11 +892,13 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
             seen += len(pool_batch["image"])
         return {**tracker.means(), "pool_images": seen}
 
+    selection = Selection("iou")
     best = fit(cfg["expand"]["epochs"], train_epoch, lambda: student_validation(student, data.val_items, cfg, rt)[0],
-               {"student": student}, [scheduler], Selection("iou"), history_path, "pseudo_labelled",
-               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group)
+               {"student": student}, [scheduler], selection, history_path, "pseudo_labelled",
+               {"optimizer": update, "scheduler": scheduler}, resume, CollapseGuard.from_config(cfg), rt.group,
+               validate_start=from_trained)
     student.load_state_dict(best["student"])
-    return student
+    return KeptStudent(student, selection.epoch)
 
 
 class DistillationHead(nn.Module):
@@ -920,7 +946,7 @@ def feature_distill(cfg: dict, seed: int, files: DataFiles, teacher: nn.Module, 
                 teacher_map = teacher_tap.output
                 logits, student_map = train_head(batch["image"], tuple(teacher_map.shape[-2:]))
             feature = F.mse_loss(student_map.float(), teacher_map.float())
-            response = per_image_bce_with_logits(logits, teacher_prob, valid=batch["valid"]).mean()
+            response = per_image_loss(logits, teacher_prob, valid=batch["valid"]).mean()
             bce = gt_bce(logits, batch, cfg).mean()
             loss = bce + w_feature * feature + w_response * response
             update(loss)

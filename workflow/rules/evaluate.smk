@@ -40,6 +40,8 @@ rule evaluate_teacher:
         conditions=STUDENT_CONDITIONS,
         evaluate=config["evaluate"],
         ignore_label=config["data"]["ignore_label"],
+        # the true loss per tile is the students' BCE with this weight, as the teachers predict it
+        pos_weight=config["train"]["pos_weight"],
     log:
         "results/logs/evaluate_teacher/{stage}_{seed}.log",
     benchmark:

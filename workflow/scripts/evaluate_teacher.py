@@ -1,4 +1,5 @@
-"""Evaluate one teacher: its predicted vs the true per-tile BCE of the same seed's students on the test split."""
+"""Evaluate one teacher: its predicted vs the true per-tile loss (BCE with train.pos_weight) of the same seed's
+students on the test split."""
 
 from jobsetup import start_torch_job, data_files
 
@@ -26,7 +27,7 @@ for condition, path in zip(snakemake.params.conditions, snakemake.input.students
     student = student.to(device)
     probs = [predict_probability(student, item["image"], student_ckpt["input_size"], ev["overlap"],
                                  ev["batch_size"], device) for item in items]
-    per_tile = teacher_predictions(teacher, items, probs, checkpoint["input_size"], device)
+    per_tile = teacher_predictions(teacher, items, probs, checkpoint["input_size"], device, snakemake.params.pos_weight)
     frames.append(per_tile.assign(teacher_stage=stage, seed=seed, student_condition=condition))
     if is_dense_teacher(teacher):
         aurocs[condition] = pixel_error_auroc(teacher, items, probs, checkpoint["input_size"], device, ev["threshold"])

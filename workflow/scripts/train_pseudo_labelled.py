@@ -1,6 +1,6 @@
 """Pseudo-label self-training of a ViT student on labelled images plus the pseudo-labelled pool."""
 
-from jobsetup import data_files, start_training_job, training_checkpointing
+from jobsetup import data_files, save_segmentation_network, start_training_job, training_checkpointing
 
 seed = int(snakemake.wildcards.seed)
 config, device = start_training_job(snakemake, seed)
@@ -9,7 +9,7 @@ resume = training_checkpointing(snakemake, config, seed)
 import logging
 
 from emkt.calibration import pseudo_label_threshold
-from emkt.checkpoints import load_checkpoint, load_model, save_model
+from emkt.checkpoints import kept_epoch_extra, load_checkpoint, load_model
 from emkt.models import build_student
 from emkt.train import self_train
 
@@ -20,12 +20,16 @@ logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_l
                                settings["threshold"])
 config = {**config, "pseudo_label": {**settings, "threshold": threshold}}
 
-if snakemake.input.init:
+# the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
+start = "baseline" if snakemake.input.init else None
+if start is not None:
     student, _ = load_model(snakemake.input.init[0], expected_kind="student")
 else:
     student = build_student(config["student"], config["input_size"])
-student = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
-                     snakemake.output.history, device, resume)
-save_model(snakemake.output.model, student, "student", config["student"], config["input_size"],
-           {"condition": "pseudo_labelled", "seed": seed})
+trained = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
+                     snakemake.output.history, device, resume, from_trained=start is not None)
+save_segmentation_network(snakemake, config, device, snakemake.output.model, trained.student, "student",
+                          config["student"], {"condition": "pseudo_labelled", "seed": seed,
+                                              "pseudo_label_threshold": threshold,
+                                              **kept_epoch_extra(trained.kept_epoch, start)}, seed=seed)
 resume.clear()
