@@ -60,6 +60,60 @@ def test_grouped_split_meets_fractions_with_whole_sources():
         split_index(index, 0.7, 0.2, 0.1, 0, group_by="volume")
 
 
+def volume_table(seed=0):
+    """20 consecutive sections of one volume (unpadded names, rows shuffled) and three small sources."""
+    names = [("vnc", f"data/vnc/images/{k}.tif") for k in range(20)]
+    names += [(source, f"data/{source}/images/img{k}.tif") for source, n in (("a", 5), ("b", 4), ("c", 3))
+              for k in range(n)]
+    table = pd.DataFrame(names, columns=["source", "path"])
+    return table.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def section_number(path):
+    return int(path.rsplit("/", 1)[1].removesuffix(".tif").removeprefix("img"))
+
+
+def test_block_split_keeps_runs_of_consecutive_sections_together():
+    table = volume_table()
+    block = table["source"] + "#" + (table["path"].map(section_number) // 4).astype(str)
+    assignments = set()
+    for seed in range(6):
+        split = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4)
+        assert split.groupby(block)["split"].nunique().max() == 1  # every block wholly in one split
+        counts = split["split"].value_counts()
+        for name, fraction in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+            assert abs(counts[name] - fraction * len(table)) <= 4, (seed, counts.to_dict())
+        assignments.add(tuple(split.sort_values("path")["split"]))
+    assert len(assignments) > 2  # seeds change the assignment
+    # the order is natural (9 before 10), whatever the row order: sections 8-11 form one block
+    vnc = split[split["source"] == "vnc"].set_index(split.loc[split["source"] == "vnc", "path"].map(section_number))
+    assert vnc.sort_index().loc[8:11, "split"].nunique() == 1
+    with pytest.raises(ValueError, match=r"'split.group_by' = 'block' needs at least 3 blocks \(of split.block_size = 4"):
+        split_index(table[table["source"] == "a"], 0.6, 0.2, 0.2, 0, group_by="block", block_size=4)
+
+
+def test_block_gap_keeps_training_sections_away_from_held_out_ones():
+    table = volume_table(seed=1)
+    position = table["path"].map(section_number)
+    for seed in range(4):
+        plain = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4)
+        guarded = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4, block_gap=1)
+        changed = plain["split"] != guarded["split"]
+        assert (plain.loc[changed, "split"] == "train").all() and (guarded.loc[changed, "split"] == "gap").all()
+        for _, rows in guarded.assign(position=position).groupby("source"):
+            rows = rows.set_index("position")["split"]
+            held = rows.index[rows.isin(["val", "test"])]
+            train = rows.index[rows == "train"]
+            assert not set(held + 1) & set(train) and not set(held - 1) & set(train)
+            # only neighbours of held-out sections are dropped
+            gap = rows.index[rows == "gap"]
+            assert set(gap) <= set(held + 1) | set(held - 1)
+        # ... and a plain block split does leave neighbours across a train/held-out boundary
+        assert changed.any()
+    with pytest.raises(ValueError, match="'split.block_gap' = 30 leaves no training image"):
+        split_index(table, 0.6, 0.2, 0.2, 0, group_by="block", block_size=4, block_gap=30)
+
+
 def test_split_fractions_and_every_split_nonempty():
     index = pd.DataFrame({"path": [f"{i}.tif" for i in range(100)]})
     counts = split_index(index, 0.8, 0.15, 0.05, 4)["split"].value_counts().to_dict()
