@@ -11,6 +11,7 @@ from emkt.data import (ConversionError, DataFileError, find_labelled_root, groun
                        load_whole_images, masks_from_labels,
                        normalise_image, random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8,
                        to_labels)
+from emkt.evaluate import score_instances
 from emkt.indexing import build_index
 from emkt.store import LabelledStore
 
@@ -277,6 +278,54 @@ def test_binary_masks_count_connected_components_as_instances():
     binary[4, 4] = 1  # touches the second square diagonally: 8-connected, one object
     instances = ground_truth_instances(binary, np.ones_like(binary))
     assert instances.max() == 2 and instances[4, 4] == instances[6, 6] != instances[1, 1]
+
+
+def test_binary_and_instance_masks_give_the_same_objects(tmp_path):
+    """The same objects saved as 0/255, 0/1 and instance-label TIFF masks (and 0/255 with an
+    ignored band) give the same instance counts, instances and object metrics on the
+    external-set path: index -> folder images -> score_instances."""
+    rng = np.random.default_rng(0)
+    objects = {"one.tif": [(4, 14, 4, 20), (30, 44, 30, 40)],
+               "two.tif": [(2, 10, 40, 60), (20, 30, 5, 15), (40, 60, 40, 60), (50, 60, 2, 12)],
+               "three.tif": [(10, 20, 10, 20)]}
+    for name, boxes in objects.items():
+        instances = np.zeros((64, 64), np.uint16)
+        for k, (top, bottom, left, right) in enumerate(boxes):
+            instances[top:bottom, left:right] = 7 * k + 3  # ids need not be consecutive
+        image = rng.integers(0, 255, instances.shape, dtype=np.uint8)
+        ignored = (instances > 0).astype(np.uint16) * 255
+        ignored[62:] = IGNORE  # a band of unlabelled background
+        for source, mask in {"binary255": (instances > 0).astype(np.uint8) * 255,
+                             "binary01": (instances > 0).astype(np.uint8), "instances": instances,
+                             "ignored255": ignored}.items():
+            for kind, array in (("images", image), ("masks", mask)):
+                (tmp_path / source / kind).mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(tmp_path / source / kind / name, array)
+    index, excluded = build_index(tmp_path, None, ignore_label=IGNORE)
+    assert excluded.empty
+    expected = {name: len(boxes) for name, boxes in objects.items()}
+    for source, rows in index.groupby("source"):
+        assert dict(zip(rows["path"].str.rsplit("/", n=1).str[1], rows["n_instances"])) == expected, source
+    items = load_folder_images(index, ignore_label=IGNORE)
+    by_source = {source: sorted((item for item in items if item["source"] == source), key=lambda i: i["name"])
+                 for source in ("binary255", "binary01", "instances", "ignored255")}
+    # a prediction that finds some objects, misses one and adds a false one
+    probs = []
+    for item in by_source["instances"]:
+        prob = (item["instances"] > 0).astype(np.float32) * 0.9
+        prob[item["instances"] == item["instances"].max()] = 0.1
+        prob[0:3, 0:3] = 0.8
+        probs.append(prob)
+    scores = {}
+    for source, group in by_source.items():
+        reference = by_source["instances"]
+        for item, twin in zip(group, reference):
+            pairs = set(zip(item["instances"].ravel().tolist(), twin["instances"].ravel().tolist()))
+            assert len(pairs) == len(np.unique(twin["instances"])), (source, item["name"])  # same partition
+        meter = score_instances(group, probs, threshold=0.5, min_object_size=0)
+        scores[source] = (meter.compute(), meter.per_image().drop(columns="name").to_dict("records"))
+    assert scores["binary255"] == scores["binary01"] == scores["instances"] == scores["ignored255"]
+    assert scores["instances"][0]["object_f1"] < 1  # the prediction's errors are counted
 
 
 def test_external_folder_images_equal_the_store_images(tmp_path, shared_data, tiny_config):

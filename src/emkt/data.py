@@ -295,15 +295,21 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
 def ground_truth_instances(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Instance labels (int32, 0 = background and unlabelled) of a mask for object metrics.
 
-    CEM-MitoLab masks hold one id per mitochondrion. A binary mask (ids 0 and 1 only) holds
-    no instances, so its 8-connected components stand in for them.
+    CEM-MitoLab masks hold one id per mitochondrion. A mask whose labelled non-zero pixels
+    all hold one value (0/1, 0/255, ...) is binary: it holds no instances, so its
+    8-connected components stand in for them (touching objects become one). The index's
+    instance count (emkt.indexing) comes from here too.
     """
     labels = np.where(valid > 0, labels, 0)
-    if labels.max(initial=0) <= 1:
-        from scipy import ndimage
-
+    foreground = labels[labels > 0]
+    if foreground.size == 0 or foreground.min() == foreground.max():
         labels = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=int))[0]
     return labels.astype(np.int32)
+
+
+def count_instances(instances: np.ndarray) -> int:
+    """Objects in an instance label image (ids need not be consecutive)."""
+    return int(np.unique(instances[instances > 0]).size)
 
 
 def whole_image_item(name: str, source: str, image: np.ndarray, labels: np.ndarray,

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, find_labelled_root, masks_from_labels, read_tiff,
-                   to_grey_uint8, to_labels)
+from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, count_instances, find_labelled_root,
+                   ground_truth_instances, masks_from_labels, read_tiff, to_grey_uint8, to_labels)
 from .parallel import ordered_map
 
 REASONS = {
@@ -117,12 +117,13 @@ def _load(path: str, as_mask: bool) -> tuple[np.ndarray, str, str]:
 
 def _label_statistics(labels: np.ndarray, ignore_label: int | None) -> tuple[float, int]:
     """(foreground fraction of the labelled pixels, number of instances) of a label image;
-    pixels labelled ``ignore_label`` are neither counted nor an instance."""
+    pixels labelled ``ignore_label`` are neither counted nor an instance, and a binary mask's
+    instances are its connected components (emkt.data.ground_truth_instances)."""
     mask, valid = masks_from_labels(labels, ignore_label)
     labelled = int(valid.sum())
-    values = np.unique(labels)
-    instances = values[(values > 0) & (values != ignore_label)] if ignore_label is not None else values[values > 0]
-    return (float(mask.sum() / labelled) if labelled else float("nan")), int(instances.size)
+    # the object metrics' instances, so a binary 0/255 mask counts its components here too
+    n_instances = count_instances(ground_truth_instances(labels, valid))
+    return (float(mask.sum() / labelled) if labelled else float("nan")), n_instances
 
 
 def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None) -> tuple[str, tuple]:
