@@ -4,7 +4,8 @@
 
 - index (``results/data/index.csv``): one row per usable labelled image or pool image, with
   its size, original dtype, the conversion applied (RGB to grey, rescaling to 8 bits),
-  foreground fraction and instance count (labelled only) and a status (``ok``/``converted``).
+  foreground fraction and instance count (labelled only), a status (``ok``/``converted``),
+  and the pixel hash and near-duplicate fingerprint of the converted image (emkt.screening).
   With an ignore label (config key data.ignore_label) the foreground fraction is over the
   labelled pixels (NaN if none) and the ignore value is not an instance.
 - excluded (``results/data/excluded.csv``): one row per unusable file with a reason code
@@ -26,6 +27,7 @@ import pandas as pd
 from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, count_instances, find_labelled_root,
                    ground_truth_instances, masks_from_labels, read_tiff, to_grey_uint8, to_labels)
 from .parallel import ordered_map
+from .screening import fingerprint, format_fingerprint, pixel_hash
 
 REASONS = {
     "empty_file": "the file has 0 bytes",
@@ -38,7 +40,7 @@ REASONS = {
     "shape_mismatch": "image and mask shapes differ",
 }
 INDEX_COLUMNS = ["id", "set", "path", "mask", "source", "height", "width", "dtype", "conversion",
-                 "foreground_fraction", "n_instances", "status"]
+                 "foreground_fraction", "n_instances", "status", "pixel_hash", "fingerprint"]
 EXCLUDED_COLUMNS = ["set", "path", "reason", "detail"]
 
 
@@ -126,6 +128,11 @@ def _label_statistics(labels: np.ndarray, ignore_label: int | None) -> tuple[flo
     return (float(mask.sum() / labelled) if labelled else float("nan")), n_instances
 
 
+def _signatures(image: np.ndarray) -> tuple[str, str]:
+    """(pixel_hash, fingerprint) of the converted image, for emkt.screening's leak check."""
+    return pixel_hash(image), format_fingerprint(fingerprint(image))
+
+
 def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None) -> tuple[str, tuple]:
     """('ok', index fields) or ('excluded', (path, reason, detail)) for one image-mask pair."""
     source, image_path, mask_path = pair
@@ -142,7 +149,7 @@ def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None
                             f"image {image.shape} but mask {labels.shape} ({mask_path})")
     foreground, n_instances = _label_statistics(labels, ignore_label)
     return "ok", (image_path, mask_path, source, image.shape[0], image.shape[1], dtype, conversion,
-                  foreground, n_instances, "converted" if conversion else "ok")
+                  foreground, n_instances, "converted" if conversion else "ok", *_signatures(image))
 
 
 def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
@@ -153,7 +160,7 @@ def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
     except ConversionError as error:
         return "excluded", (path, error.reason, str(error))
     return "ok", (path, "", source, image.shape[0], image.shape[1], dtype, conversion,
-                  np.nan, np.nan, "converted" if conversion else "ok")
+                  np.nan, np.nan, "converted" if conversion else "ok", *_signatures(image))
 
 
 def build_index(labelled_root: str | Path | None, pool_root: str | Path | None, processes: int = 1,
