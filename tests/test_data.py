@@ -111,8 +111,12 @@ def test_block_gap_keeps_training_sections_away_from_held_out_ones():
             assert set(gap) <= set(held + 1) | set(held - 1)
         # ... and a plain block split does leave neighbours across a train/held-out boundary
         assert changed.any()
+    # a source without held-out sections keeps all its training sections
+    for _, rows in guarded.groupby("source"):
+        if not rows["split"].isin(["val", "test"]).any():
+            assert (rows["split"] == "train").all()
     with pytest.raises(ValueError, match="'split.block_gap' = 30 leaves no training image"):
-        split_index(table, 0.6, 0.2, 0.2, 0, group_by="block", block_size=4, block_gap=30)
+        split_index(table[table["source"] == "vnc"], 0.6, 0.2, 0.2, 0, group_by="block", block_size=4, block_gap=30)
 
 
 def test_split_fractions_and_every_split_nonempty():
