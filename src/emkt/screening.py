@@ -131,10 +131,12 @@ def _probes(held: pd.DataFrame, max_shift: int, processes: int) -> pd.DataFrame:
         read = partial(shifted_fingerprints, max_shift=max_shift)
         found = ordered_map(read, held["path"].astype(str), processes, len(held), "fingerprint val/test shifts")
         shifts = pd.DataFrame([(image_id, dy, dx, value) for image_id, probes in zip(held["id"], found)
-                               for dy, dx, value in probes], columns=["matched_id", "shift_y", "shift_x", "fingerprint"])
+                               for dy, dx, value in probes],
+                              columns=["matched_id", "shift_y", "shift_x", "fingerprint"])
         shifts["fingerprint"] = shifts["fingerprint"].astype(np.uint64)
         rows = pd.concat([rows, shifts], ignore_index=True)
-    rows = rows.assign(size=rows["shift_y"].abs() + rows["shift_x"].abs()).sort_values(["matched_id", "size"], kind="stable")
+    rows = rows.assign(size=rows["shift_y"].abs() + rows["shift_x"].abs())
+    rows = rows.sort_values(["matched_id", "size"], kind="stable")
     return rows.drop_duplicates(["matched_id", "fingerprint"]).drop(columns="size").reset_index(drop=True)
 
 
@@ -150,7 +152,8 @@ def _near_pairs(pool: np.ndarray, probes: np.ndarray, max_distance: int) -> pd.D
         pairs = left.merge(right, on="key")
         distance = np.bitwise_count(pool[pairs["pool"].to_numpy()] ^ probes[pairs["probe"].to_numpy()])
         log.info("chunk %d: %d candidate pairs", chunk, len(pairs))
-        found.append(pairs.loc[distance <= max_distance, ["pool", "probe"]].assign(distance=distance[distance <= max_distance]))
+        close = distance <= max_distance
+        found.append(pairs.loc[close, ["pool", "probe"]].assign(distance=distance[close]))
     return pd.concat(found, ignore_index=True).drop_duplicates(["pool", "probe"])
 
 
@@ -176,12 +179,13 @@ def screen_pool(index: pd.DataFrame, split: pd.DataFrame, near_max_distance: int
         probes = _probes(held, max_shift, processes)
         pairs = _near_pairs(parse_fingerprints(pool["fingerprint"]), probes["fingerprint"].to_numpy(np.uint64),
                             near_max_distance)
-        near = pd.concat([pool.iloc[pairs["pool"].to_numpy()].reset_index(drop=True),
-                          probes.iloc[pairs["probe"].to_numpy()][["matched_id", "shift_y", "shift_x"]].reset_index(drop=True),
+        probe = probes.iloc[pairs["probe"].to_numpy()][["matched_id", "shift_y", "shift_x"]]
+        near = pd.concat([pool.iloc[pairs["pool"].to_numpy()].reset_index(drop=True), probe.reset_index(drop=True),
                           pairs["distance"].reset_index(drop=True)], axis=1)
         near = near.merge(matched[["matched_id", "matched_path", "matched_split"]], on="matched_id")
         found.append(near.assign(reason="near"))
     table = pd.concat(found, ignore_index=True)
-    table = table.assign(rank=(table["reason"] != "exact").astype(int), moved=table["shift_y"].abs() + table["shift_x"].abs())
+    table = table.assign(rank=(table["reason"] != "exact").astype(int),
+                         moved=table["shift_y"].abs() + table["shift_x"].abs())
     table = table.sort_values(["id", "rank", "distance", "moved", "matched_id"], kind="stable").drop_duplicates("id")
     return table[EXCLUDED_COLUMNS].reset_index(drop=True)
