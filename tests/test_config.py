@@ -38,7 +38,10 @@ def test_paper_and_demo_configs_are_valid():
         (lambda c: c["data"].update(source="folder", labelled_dir=None), "'data.labelled_dir' must be set"),
         (lambda c: c["teacher_pretrain"]["corruption"].update(p_bogus=0.5), "p_bogus"),
         (lambda c: c["data"].update(source="folder", labelled_dir="x"), "'data.unlabelled_dir' must be set"),
-        (lambda c: c["split"].update(group_by="volume"), "'split.group_by' = 'volume' is not allowed"),
+        (lambda c: c["split"].update(group_by="volume"), "'split.group_by' = 'volume' is not allowed; allowed values: "
+         "['none', 'source', 'block']"),
+        (lambda c: c["split"].update(block_size=0), "'split.block_size' = 0"),
+        (lambda c: c["split"].update(block_gap=-1), "'split.block_gap' = -1"),
         (lambda c: c["store"].update(pool_tile=128), "'store.pool_tile' = 128 must be at least 'input_size' = 224"),
         (lambda c: c["data"]["empiar"]["labelled"].update(checksum="crc:00"), "'data.empiar.labelled.checksum'"),
         (lambda c: c["data"]["empiar"].update(url_base="ftp.ebi.ac.uk"), "'data.empiar.url_base'"),

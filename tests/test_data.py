@@ -11,6 +11,7 @@ from emkt.data import (ConversionError, DataFileError, find_labelled_root, groun
                        load_whole_images, masks_from_labels,
                        normalise_image, random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8,
                        to_labels)
+from emkt.evaluate import score_instances
 from emkt.indexing import build_index
 from emkt.store import LabelledStore
 
@@ -58,6 +59,64 @@ def test_grouped_split_meets_fractions_with_whole_sources():
         split_index(index.head(20), 0.7, 0.2, 0.1, 0, group_by="source")
     with pytest.raises(ValueError, match="split.group_by"):
         split_index(index, 0.7, 0.2, 0.1, 0, group_by="volume")
+
+
+def volume_table(seed=0):
+    """20 consecutive sections of one volume (unpadded names, rows shuffled) and three small sources."""
+    names = [("vnc", f"data/vnc/images/{k}.tif") for k in range(20)]
+    names += [(source, f"data/{source}/images/img{k}.tif") for source, n in (("a", 5), ("b", 4), ("c", 3))
+              for k in range(n)]
+    table = pd.DataFrame(names, columns=["source", "path"])
+    return table.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def section_number(path):
+    return int(path.rsplit("/", 1)[1].removesuffix(".tif").removeprefix("img"))
+
+
+def test_block_split_keeps_runs_of_consecutive_sections_together():
+    table = volume_table()
+    block = table["source"] + "#" + (table["path"].map(section_number) // 4).astype(str)
+    assignments = set()
+    for seed in range(6):
+        split = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4)
+        assert split.groupby(block)["split"].nunique().max() == 1  # every block wholly in one split
+        counts = split["split"].value_counts()
+        for name, fraction in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+            assert abs(counts[name] - fraction * len(table)) <= 4, (seed, counts.to_dict())
+        assignments.add(tuple(split.sort_values("path")["split"]))
+    assert len(assignments) > 2  # seeds change the assignment
+    # the order is natural (9 before 10), whatever the row order: sections 8-11 form one block
+    vnc = split[split["source"] == "vnc"].set_index(split.loc[split["source"] == "vnc", "path"].map(section_number))
+    assert vnc.sort_index().loc[8:11, "split"].nunique() == 1
+    with pytest.raises(ValueError, match=r"'split.group_by' = 'block' needs at least 3 blocks \(of split.block_size = 4"):
+        split_index(table[table["source"] == "a"], 0.6, 0.2, 0.2, 0, group_by="block", block_size=4)
+
+
+def test_block_gap_keeps_training_sections_away_from_held_out_ones():
+    table = volume_table(seed=1)
+    position = table["path"].map(section_number)
+    for seed in range(4):
+        plain = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4)
+        guarded = split_index(table, 0.6, 0.2, 0.2, seed, group_by="block", block_size=4, block_gap=1)
+        changed = plain["split"] != guarded["split"]
+        assert (plain.loc[changed, "split"] == "train").all() and (guarded.loc[changed, "split"] == "gap").all()
+        for _, rows in guarded.assign(position=position).groupby("source"):
+            rows = rows.set_index("position")["split"]
+            held = rows.index[rows.isin(["val", "test"])]
+            train = rows.index[rows == "train"]
+            assert not set(held + 1) & set(train) and not set(held - 1) & set(train)
+            # only neighbours of held-out sections are dropped
+            gap = rows.index[rows == "gap"]
+            assert set(gap) <= set(held + 1) | set(held - 1)
+        # ... and a plain block split does leave neighbours across a train/held-out boundary
+        assert changed.any()
+    # a source without held-out sections keeps all its training sections
+    for _, rows in guarded.groupby("source"):
+        if not rows["split"].isin(["val", "test"]).any():
+            assert (rows["split"] == "train").all()
+    with pytest.raises(ValueError, match="'split.block_gap' = 30 leaves no training image"):
+        split_index(table[table["source"] == "vnc"], 0.6, 0.2, 0.2, 0, group_by="block", block_size=4, block_gap=30)
 
 
 def test_split_fractions_and_every_split_nonempty():
@@ -223,6 +282,54 @@ def test_binary_masks_count_connected_components_as_instances():
     binary[4, 4] = 1  # touches the second square diagonally: 8-connected, one object
     instances = ground_truth_instances(binary, np.ones_like(binary))
     assert instances.max() == 2 and instances[4, 4] == instances[6, 6] != instances[1, 1]
+
+
+def test_binary_and_instance_masks_give_the_same_objects(tmp_path):
+    """The same objects saved as 0/255, 0/1 and instance-label TIFF masks (and 0/255 with an
+    ignored band) give the same instance counts, instances and object metrics on the
+    external-set path: index -> folder images -> score_instances."""
+    rng = np.random.default_rng(0)
+    objects = {"one.tif": [(4, 14, 4, 20), (30, 44, 30, 40)],
+               "two.tif": [(2, 10, 40, 60), (20, 30, 5, 15), (40, 60, 40, 60), (50, 60, 2, 12)],
+               "three.tif": [(10, 20, 10, 20)]}
+    for name, boxes in objects.items():
+        instances = np.zeros((64, 64), np.uint16)
+        for k, (top, bottom, left, right) in enumerate(boxes):
+            instances[top:bottom, left:right] = 7 * k + 3  # ids need not be consecutive
+        image = rng.integers(0, 255, instances.shape, dtype=np.uint8)
+        ignored = (instances > 0).astype(np.uint16) * 255
+        ignored[62:] = IGNORE  # a band of unlabelled background
+        for source, mask in {"binary255": (instances > 0).astype(np.uint8) * 255,
+                             "binary01": (instances > 0).astype(np.uint8), "instances": instances,
+                             "ignored255": ignored}.items():
+            for kind, array in (("images", image), ("masks", mask)):
+                (tmp_path / source / kind).mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(tmp_path / source / kind / name, array)
+    index, excluded = build_index(tmp_path, None, ignore_label=IGNORE)
+    assert excluded.empty
+    expected = {name: len(boxes) for name, boxes in objects.items()}
+    for source, rows in index.groupby("source"):
+        assert dict(zip(rows["path"].str.rsplit("/", n=1).str[1], rows["n_instances"])) == expected, source
+    items = load_folder_images(index, ignore_label=IGNORE)
+    by_source = {source: sorted((item for item in items if item["source"] == source), key=lambda i: i["name"])
+                 for source in ("binary255", "binary01", "instances", "ignored255")}
+    # a prediction that finds some objects, misses one and adds a false one
+    probs = []
+    for item in by_source["instances"]:
+        prob = (item["instances"] > 0).astype(np.float32) * 0.9
+        prob[item["instances"] == item["instances"].max()] = 0.1
+        prob[0:3, 0:3] = 0.8
+        probs.append(prob)
+    scores = {}
+    for source, group in by_source.items():
+        reference = by_source["instances"]
+        for item, twin in zip(group, reference):
+            pairs = set(zip(item["instances"].ravel().tolist(), twin["instances"].ravel().tolist()))
+            assert len(pairs) == len(np.unique(twin["instances"])), (source, item["name"])  # same partition
+        meter = score_instances(group, probs, threshold=0.5, min_object_size=0)
+        scores[source] = (meter.compute(), meter.per_image().drop(columns="name").to_dict("records"))
+    assert scores["binary255"] == scores["binary01"] == scores["instances"] == scores["ignored255"]
+    assert scores["instances"][0]["object_f1"] < 1  # the prediction's errors are counted
 
 
 def test_external_folder_images_equal_the_store_images(tmp_path, shared_data, tiny_config):

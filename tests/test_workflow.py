@@ -112,6 +112,7 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
     assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
+    assert jobs["split_data"] == jobs["screen_pool"] == 1
     assert jobs["pack_labelled_shard"] == 8 and jobs["pack_pool_shard"] == 64 and jobs["store_manifest"] == 2
     assert "generate_synthetic_data" not in jobs
     folder = snakemake(tmp_path, {"data": {"source": "folder", "labelled_dir": "lab", "unlabelled_dir": "pool"}}, "-n")

@@ -12,17 +12,19 @@ share, so all of them see the same pixels. No torch here: the data rules run wit
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tifffile
+from scipy import ndimage
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # What prediction of new images reads: TIFF, and PNG/JPEG (converted to grey as TIFFs are).
 PREDICTION_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
-SPLIT_GROUPINGS = ("none", "source")
+SPLIT_GROUPINGS = ("none", "source", "block")
 
 
 class DataFileError(ValueError):
@@ -154,20 +156,64 @@ def find_labelled_root(folder: str | Path, depth: int = 3) -> Path:
 
 
 def split_index(index: pd.DataFrame, train: float, val: float, test: float, seed: int,
-                group_by: str = "none") -> pd.DataFrame:
+                group_by: str = "none", block_size: int = 4, block_gap: int = 0) -> pd.DataFrame:
     """Seeded split; adds a ``split`` column.
 
     ``group_by='none'`` splits images at random (the paper). ``'source'`` keeps every source
     data set (volume) in one split, so test images come from volumes never seen in training.
+    ``'block'`` cuts each source's images, in name order, into runs of ``block_size`` and
+    keeps every run in one split: consecutive sections of a volume are near-duplicates, so a
+    random split would test on the neighbours of training sections. With ``block_gap`` > 0
+    (block mode only) training images within ``block_gap`` positions of a val or test image
+    of the same source get the split ``gap`` and are used nowhere.
     """
     if group_by not in SPLIT_GROUPINGS:
         raise ValueError(f"config key 'split.group_by' = {group_by!r}; allowed: {', '.join(SPLIT_GROUPINGS)}")
     out = index.copy()
+    fractions = (train, val, test)
     if group_by == "source":
-        out["split"] = _split_groups(index["source"].astype(str), (train, val, test), seed)
+        out["split"] = _split_groups(index["source"].astype(str), fractions, seed, "source", "sources")
+    elif group_by == "block":
+        position = section_positions(index)
+        blocks = index["source"].astype(str) + "#" + (position // block_size).astype(str)
+        out["split"] = _split_groups(blocks, fractions, seed, "block",
+                                     f"blocks (of split.block_size = {block_size} images)")
+        if block_gap > 0:
+            out["split"] = _guard_gaps(out["split"], index["source"].astype(str), position, block_gap)
     else:
-        out["split"] = _split_items(len(index), (train, val, test), seed)
+        out["split"] = _split_items(len(index), fractions, seed)
     return out
+
+
+def _natural_key(name: str) -> tuple:
+    """'img2' before 'img10': digit runs compare as numbers, so unpadded section numbers keep their order."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def section_positions(index: pd.DataFrame) -> pd.Series:
+    """Each image's position (0, 1, ...) within its source in natural order of its path, i.e.
+    of the file name inside the source's folder: the section order of a volume."""
+    sources = index["source"].astype(str)
+    ordered = sorted(index.index, key=lambda i: (sources[i], _natural_key(str(index.at[i, "path"]))))
+    return sources[ordered].groupby(sources[ordered]).cumcount().reindex(index.index)
+
+
+def _guard_gaps(split: pd.Series, sources: pd.Series, position: pd.Series, gap: int) -> pd.Series:
+    """Training images at most ``gap`` sections from a val or test image of the same source
+    become ``gap``: with contiguous blocks only sections next to a block boundary are affected."""
+    split = split.copy()
+    for _, rows in position.groupby(sources):
+        line = np.zeros(rows.max() + 1, dtype=bool)
+        line[rows.to_numpy()] = split[rows.index].isin(["val", "test"]).to_numpy()
+        if not line.any():
+            continue
+        # distance along the section axis to the nearest held-out section
+        distance = ndimage.distance_transform_edt(~line)[rows.to_numpy()]
+        near = (distance <= gap) & (split[rows.index] == "train").to_numpy()
+        split[rows.index[near]] = "gap"
+    if not (split == "train").any():
+        raise ValueError(f"config key 'split.block_gap' = {gap} leaves no training image; lower it or raise split.block_size")
+    return split
 
 
 def _split_items(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -189,14 +235,17 @@ def _split_items(n: int, fractions: tuple[float, float, float], seed: int) -> np
     return labels
 
 
-def _split_groups(groups: pd.Series, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+def _split_groups(groups: pd.Series, fractions: tuple[float, float, float], seed: int,
+                  group_by: str = "source", what: str = "sources") -> np.ndarray:
     """Whole groups per split: groups in seeded random order each go to the split furthest
-    below its target image count; val and test get at least one group if their fraction > 0."""
+    below its target image count; val and test get at least one group if their fraction > 0.
+    Errors name the config key 'split.group_by' and ``what`` the groups are."""
     sizes = groups.value_counts().sort_index()
     wanted = [split for split, fraction in zip(SPLITS, fractions) if fraction > 0]
     if len(sizes) < len(wanted):
-        raise ValueError(f"split.group_by: source needs at least {len(wanted)} sources for non-empty "
-                         f"{'/'.join(wanted)} splits, found {len(sizes)}: {', '.join(map(str, sizes.index))}")
+        raise ValueError(f"config key 'split.group_by' = {group_by!r} needs at least {len(wanted)} "
+                         f"{what} for non-empty {'/'.join(wanted)} splits, found {len(sizes)}: "
+                         f"{', '.join(map(str, sizes.index))}")
     order = sizes.index[np.random.default_rng(seed).permutation(len(sizes))]
     targets = {split: fraction * sizes.sum() for split, fraction in zip(SPLITS, fractions)}
     counts = dict.fromkeys(SPLITS, 0)
@@ -211,7 +260,8 @@ def _split_groups(groups: pd.Series, fractions: tuple[float, float, float], seed
         split = max(wanted, key=lambda s: (targets[s] - counts[s]) / max(targets[s], 1e-9))
         assigned[group], counts[split] = split, counts[split] + sizes[group]
     if "train" in wanted and counts["train"] == 0:
-        raise ValueError("split.group_by: source left no source for training; add sources or lower split.val/test")
+        raise ValueError(f"config key 'split.group_by' = {group_by!r} left no {what} for "
+                         "training; add data or lower split.val/test")
     return groups.map(assigned).to_numpy(dtype=object)
 
 
@@ -245,15 +295,21 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
 def ground_truth_instances(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Instance labels (int32, 0 = background and unlabelled) of a mask for object metrics.
 
-    CEM-MitoLab masks hold one id per mitochondrion. A binary mask (ids 0 and 1 only) holds
-    no instances, so its 8-connected components stand in for them.
+    CEM-MitoLab masks hold one id per mitochondrion. A mask whose labelled non-zero pixels
+    all hold one value (0/1, 0/255, ...) is binary: it holds no instances, so its
+    8-connected components stand in for them (touching objects become one). The index's
+    instance count (emkt.indexing) comes from here too.
     """
     labels = np.where(valid > 0, labels, 0)
-    if labels.max(initial=0) <= 1:
-        from scipy import ndimage
-
+    foreground = labels[labels > 0]
+    if foreground.size == 0 or foreground.min() == foreground.max():
         labels = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=int))[0]
     return labels.astype(np.int32)
+
+
+def count_instances(instances: np.ndarray) -> int:
+    """Objects in an instance label image (ids need not be consecutive)."""
+    return int(np.unique(instances[instances > 0]).size)
 
 
 def whole_image_item(name: str, source: str, image: np.ndarray, labels: np.ndarray,

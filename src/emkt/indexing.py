@@ -4,7 +4,8 @@
 
 - index (``results/data/index.csv``): one row per usable labelled image or pool image, with
   its size, original dtype, the conversion applied (RGB to grey, rescaling to 8 bits),
-  foreground fraction and instance count (labelled only) and a status (``ok``/``converted``).
+  foreground fraction and instance count (labelled only), a status (``ok``/``converted``),
+  and the pixel hash and near-duplicate fingerprint of the converted image (emkt.screening).
   With an ignore label (config key data.ignore_label) the foreground fraction is over the
   labelled pixels (NaN if none) and the ignore value is not an instance.
 - excluded (``results/data/excluded.csv``): one row per unusable file with a reason code
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, find_labelled_root, masks_from_labels, read_tiff,
-                   to_grey_uint8, to_labels)
+from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, count_instances, find_labelled_root,
+                   ground_truth_instances, masks_from_labels, read_tiff, to_grey_uint8, to_labels)
 from .parallel import ordered_map
+from .screening import fingerprint, format_fingerprint, pixel_hash
 
 REASONS = {
     "empty_file": "the file has 0 bytes",
@@ -38,7 +40,7 @@ REASONS = {
     "shape_mismatch": "image and mask shapes differ",
 }
 INDEX_COLUMNS = ["id", "set", "path", "mask", "source", "height", "width", "dtype", "conversion",
-                 "foreground_fraction", "n_instances", "status"]
+                 "foreground_fraction", "n_instances", "status", "pixel_hash", "fingerprint"]
 EXCLUDED_COLUMNS = ["set", "path", "reason", "detail"]
 
 
@@ -117,12 +119,18 @@ def _load(path: str, as_mask: bool) -> tuple[np.ndarray, str, str]:
 
 def _label_statistics(labels: np.ndarray, ignore_label: int | None) -> tuple[float, int]:
     """(foreground fraction of the labelled pixels, number of instances) of a label image;
-    pixels labelled ``ignore_label`` are neither counted nor an instance."""
+    pixels labelled ``ignore_label`` are neither counted nor an instance, and a binary mask's
+    instances are its connected components (emkt.data.ground_truth_instances)."""
     mask, valid = masks_from_labels(labels, ignore_label)
     labelled = int(valid.sum())
-    values = np.unique(labels)
-    instances = values[(values > 0) & (values != ignore_label)] if ignore_label is not None else values[values > 0]
-    return (float(mask.sum() / labelled) if labelled else float("nan")), int(instances.size)
+    # the object metrics' instances, so a binary 0/255 mask counts its components here too
+    n_instances = count_instances(ground_truth_instances(labels, valid))
+    return (float(mask.sum() / labelled) if labelled else float("nan")), n_instances
+
+
+def _signatures(image: np.ndarray) -> tuple[str, str]:
+    """(pixel_hash, fingerprint) of the converted image, for emkt.screening's leak check."""
+    return pixel_hash(image), format_fingerprint(fingerprint(image))
 
 
 def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None) -> tuple[str, tuple]:
@@ -141,7 +149,7 @@ def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None
                             f"image {image.shape} but mask {labels.shape} ({mask_path})")
     foreground, n_instances = _label_statistics(labels, ignore_label)
     return "ok", (image_path, mask_path, source, image.shape[0], image.shape[1], dtype, conversion,
-                  foreground, n_instances, "converted" if conversion else "ok")
+                  foreground, n_instances, "converted" if conversion else "ok", *_signatures(image))
 
 
 def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
@@ -152,7 +160,7 @@ def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
     except ConversionError as error:
         return "excluded", (path, error.reason, str(error))
     return "ok", (path, "", source, image.shape[0], image.shape[1], dtype, conversion,
-                  np.nan, np.nan, "converted" if conversion else "ok")
+                  np.nan, np.nan, "converted" if conversion else "ok", *_signatures(image))
 
 
 def build_index(labelled_root: str | Path | None, pool_root: str | Path | None, processes: int = 1,

@@ -1,6 +1,7 @@
 # Data: download and extract (source 'empiar') or generate (source 'synthetic'), then the
-# same index -> pack -> split rules for every source. The split CSV and the store manifests
-# are what training reads.
+# same index -> split -> screen -> pack rules for every source (the pool is packed without
+# the copies of val/test images that screen_pool finds). The split CSV and the store
+# manifests are what training reads.
 
 
 rule download_archive:
@@ -108,6 +109,7 @@ rule pack_labelled_shard:
 rule pack_pool_shard:
     input:
         index="results/data/index.csv",
+        excluded="results/data/pool_excluded.csv",
     output:
         data="results/store/pool/shard-{shard}.npy",
         origin="results/store/pool/shard-{shard}.origin.npy",
@@ -166,3 +168,24 @@ rule split_data:
         ENVS["data"]
     script:
         "../scripts/split_data.py"
+
+
+rule screen_pool:
+    input:
+        index="results/data/index.csv",
+        split="results/splits/datasplit.csv",
+    output:
+        report("results/data/pool_excluded.csv", caption="../report/pool_excluded.rst", category="Data"),
+    params:
+        screening=config["data"]["pool_screening"],
+    log:
+        "results/logs/screen_pool.log",
+    benchmark:
+        "results/benchmarks/screen_pool.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        **job_resources("data"),
+    conda:
+        ENVS["data"]
+    script:
+        "../scripts/screen_pool.py"

@@ -13,7 +13,10 @@ from emkt.store import pack_labelled_shard, pack_pool_shard, shard_rows
 shard = int(snakemake.wildcards.shard)
 index = pd.read_csv(snakemake.input.index, usecols=["id", "set", "path", "mask", "height", "width"])
 wanted = "labelled" if snakemake.rule == "pack_labelled_shard" else "unlabelled"
-rows = index[index["set"] == wanted].reset_index(drop=True)
+rows = index[index["set"] == wanted]
+if wanted == "unlabelled":  # copies of val/test images (screen_pool) never reach the store
+    rows = rows[~rows["id"].isin(pd.read_csv(snakemake.input.excluded, usecols=["id"])["id"])]
+rows = rows.reset_index(drop=True)
 rows = rows.iloc[list(shard_rows(len(rows), snakemake.params.shards, shard))]
 del index
 if wanted == "labelled":
