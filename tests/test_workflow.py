@@ -33,6 +33,9 @@ TEACHER_STAGES = {"pretrained", "joint", "pretrained_error_map", "joint_error_ma
 PIXEL_METRICS = {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
 OBJECT_METRICS = {"object_f1", "pq", "count_mae"}
 COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
+# under the calibration chosen on validation (threshold, temperature), and threshold-free (ap)
+CALIBRATED_METRICS = {"iou_tuned", "ap", "ece_calibrated", "threshold", "temperature"}
+FINE_TUNED = {"expanded_anchored", "expanded_committee", "pseudo_labelled"}
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 
 
@@ -157,18 +160,22 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     external, summary = summary[summary["dataset"] == "em_mito_mini"], summary[summary["dataset"] == "test"]
     students = summary[summary["model"] == "student"]
     assert set(students["condition"]) == STUDENTS
-    assert set(students["metric"]) == (PIXEL_METRICS | OBJECT_METRICS | COST_METRICS
-                                       | {"iou_vs_teacher", "count_diff_vs_teacher"})
+    assert set(students["metric"]) == (PIXEL_METRICS | OBJECT_METRICS | COST_METRICS | CALIBRATED_METRICS
+                                       | {"iou_vs_teacher", "count_diff_vs_teacher", "kept_start"})
     assert set(students[students["metric"] == "iou_vs_teacher"]["condition"]) == {"feature_distilled"}
+    assert set(students[students["metric"] == "kept_start"]["condition"]) == FINE_TUNED
+    assert students[students["metric"].isin(CALIBRATED_METRICS)]["mean"].notna().all()
+    assert students[students["metric"].isin(["threshold", "temperature", "kept_start"])]["delta_mean"].isna().all()
     assert (students["n_seeds"] == 2).all() and {"seed_0", "seed_1"} <= set(summary.columns)
     assert students[students["metric"].isin(OBJECT_METRICS)]["mean"].notna().all()
     references = summary[summary["model"] == "reference"]
     assert set(references["condition"]) == {"unet", "basicunet", "ensemble"}
-    assert set(references["metric"]) == PIXEL_METRICS | OBJECT_METRICS | COST_METRICS
+    assert set(references["metric"]) == PIXEL_METRICS | OBJECT_METRICS | COST_METRICS | CALIBRATED_METRICS
     # Every network of every seed on the external set, compared with the baseline on it.
     assert set(zip(external["model"], external["condition"])) == \
         {("student", c) for c in STUDENTS} | {("reference", c) for c in ("unet", "basicunet", "ensemble")}
-    assert set(external["metric"]) == PIXEL_METRICS | OBJECT_METRICS and (external["n_seeds"] == 2).all()
+    assert set(external["metric"]) == PIXEL_METRICS | OBJECT_METRICS | CALIBRATED_METRICS
+    assert (external["n_seeds"] == 2).all()
     assert external[external["condition"] != "baseline"]["n_pairs"].eq(2).all()
     assert external[external["metric"].isin(["iou", "object_f1", "pq"])]["mean"].between(0, 1).all()
     per_image = pd.read_csv(results / "eval" / "external" / "em_mito_mini" / "student_expanded_anchored_1_per_image.csv")
@@ -207,6 +214,16 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert (results / "tables" / "selection.md").read_text().startswith("Selection (validation split): ")
     assert "val" not in set(expansion["dataset"]) and (results / "tables" / "expansion_selection.csv").is_file()
     assert {"boot_ci_low", "boot_ci_high", "n_images", "kept_start"} <= set(summary.columns)
+    # the interval over test images, beside the one over seeds, for the pooled pixel scores
+    compared_iou = summary[(summary["metric"] == "iou") & (summary["condition"] != "baseline")
+                           & (summary["model"] != "teacher")]
+    assert compared_iou["boot_ci_low"].notna().all() and (compared_iou["boot_ci_low"] <= compared_iou["boot_ci_high"]).all()
+    # validation scores: what defaults are chosen on, apart from the report
+    selection = pd.read_csv(results / "tables" / "selection.csv")
+    assert set(selection["dataset"]) == {"val"}
+    assert {"iou", "iou_tuned", "ap", "ece", "ece_calibrated"} <= set(selection["metric"])
+    assert set(selection[selection["model"] == "student"]["condition"]) == STUDENTS
+    assert (results / "data" / "pool_excluded.csv").is_file()
     for figure in FIGURES:
         assert (results / "figures" / figure).stat().st_size > 10_000
     for stage in ("teacher_pretrained", "teacher_pretrained_error_map", "student_baseline", "joint", "joint_error_map",

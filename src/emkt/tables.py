@@ -42,7 +42,8 @@ PURPOSE_LINES = {
 }
 # 1.0 per seed where a fine-tuned network kept its starting weights: a count, not a score
 KEPT_START = "kept_start"
-NO_DELTA_METRICS = (KEPT_START,)
+# settings a network was evaluated with, not scores: no difference to the baseline's is meaningful
+NO_DELTA_METRICS = (KEPT_START, "threshold", "temperature")
 BOOT_COLUMNS = ["boot_ci_low", "boot_ci_high", "n_images"]
 KEYS = [DATASET, "model", "condition", "metric"]
 # segmentation networks are compared with the reference student; teachers predict losses,
