@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +36,10 @@ from .runtime import numpy_random_state, set_numpy_random_state
 log = logging.getLogger(__name__)
 # 2: plain values only (format 1 pickled numpy and MONAI objects; it is not loaded, see load)
 FORMAT_VERSION = 2
+# A test hook: with EMKT_HOLD_AFTER_EPOCH=N in its environment, a job that has saved the state
+# of epoch N writes <state>.held (its pid) and waits (HOLD_LIMIT_S at most), so a kill test
+# kills it at a known epoch instead of racing the training. Unset, nothing changes.
+HOLD_ENV, HOLD_LIMIT_S = "EMKT_HOLD_AFTER_EPOCH", 600.0
 
 
 def fingerprint(config: dict, inputs: Iterable[str | Path], **identity: Any) -> str:
@@ -102,6 +107,20 @@ class Checkpointing:
                  "objects": {name: _capture(obj) for name, obj in stateful.items()}, "rng": capture_rng()}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
+        if os.environ.get(HOLD_ENV) == str(epoch):
+            self._hold(epoch)
+
+    @property
+    def held_marker(self) -> Path:
+        return self.path.with_name(self.path.name + ".held")
+
+    def _hold(self, epoch: int) -> None:
+        log.warning("%s=%d: holding after epoch %d until killed (%s)", HOLD_ENV, epoch, epoch, self.held_marker)
+        with atomic_path(self.held_marker) as tmp:
+            tmp.write_text(f"{os.getpid()}\n")
+        end = time.monotonic() + HOLD_LIMIT_S
+        while time.monotonic() < end:
+            time.sleep(0.2)
 
     def load(self, stateful: dict[str, Any]) -> dict | None:
         """Restore ``stateful`` and the RNGs from a matching state file; return the state
@@ -127,3 +146,4 @@ class Checkpointing:
         """Remove the state once the stage's outputs are written (by rank 0, which wrote them)."""
         if current().main:
             self.path.unlink(missing_ok=True)
+            self.held_marker.unlink(missing_ok=True)
