@@ -137,3 +137,47 @@ def make_tiny_data(root: Path, config: dict):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("data"), merged(load_config(REPO / "config.yaml"), TINY))
+
+
+# --- what the run exercised ------------------------------------------------------------------------
+# Each real component and how to tell that a test needs it. With EMKT_COMPONENT_RECORD set,
+# the session writes there, as JSON, each such test's outcome (passed, failed or skipped with
+# the reason); .ci/components.py turns that into CI's closing lines.
+COMPONENT_RECORD_ENV = "EMKT_COMPONENT_RECORD"
+COMPONENTS = {
+    "local SLURM cluster": lambda item: item.get_closest_marker("slurm") is not None,
+    "loopback HTTP server": lambda item: bool({"served", "empiar_mirror"} & set(item.fixturenames)),
+    "em-mito-mini fixture": lambda item: bool({"shared_data", "em_folder"} & set(item.fixturenames)),
+    "CUDA": lambda item: item.path.name == "test_cuda.py",
+}
+_component_tests: dict[str, set[str]] = {}  # component -> node ids of the collected tests needing it
+_component_outcomes: dict[str, dict[str, dict]] = {name: {} for name in COMPONENTS}  # component -> test -> outcome
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for name, needs in COMPONENTS.items():
+        _component_tests[name] = {item.nodeid for item in items if needs(item)}
+
+
+def pytest_runtest_logreport(report) -> None:
+    # A test's outcome: its call (it ran: passed or failed), or the phase that skipped it; a
+    # failure in any phase (setup, teardown) wins.
+    if report.when != "call" and not (report.skipped or report.failed):
+        return
+    for name, tests in _component_tests.items():
+        seen = _component_outcomes[name].get(report.nodeid)
+        if report.nodeid in tests and (seen is None or report.failed):
+            reason = None
+            if report.skipped and isinstance(report.longrepr, tuple):
+                reason = report.longrepr[2].removeprefix("Skipped: ")
+            _component_outcomes[name][report.nodeid] = {"outcome": report.outcome, "reason": reason}
+
+
+def pytest_sessionfinish(session) -> None:
+    import json
+    import os
+
+    record = os.environ.get(COMPONENT_RECORD_ENV)
+    if record:
+        Path(record).write_text(json.dumps({name: [{"test": test, **outcome} for test, outcome in tests.items()]
+                                            for name, tests in _component_outcomes.items()}, indent=1))

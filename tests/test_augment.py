@@ -90,6 +90,22 @@ def test_deterministic_given_seed(gt_batch):
     assert not torch.equal(out_a[0], other)
 
 
+def test_a_restored_corruptor_continues_the_same_stream(gt_batch, tmp_path):
+    """state_dict holds tensors and plain values only (it loads with weights_only), and a new
+    corruptor given it draws what the original draws next, through the MONAI transforms too."""
+    settings = {**{k: 0.0 for k in PROB_KEYS}, "p_shift": 0.7, "p_elastic": 0.7, "p_dropout": 0.7}
+    original = MaskCorruptor(settings, seed=5)
+    original.corrupt_batch(gt_batch[:6])
+    original(gt_batch[0, :, :48, :40])  # a second mask shape: its own transforms
+    torch.save(original.state_dict(), tmp_path / "corruptor.pt")
+    restored = MaskCorruptor(settings, seed=0)
+    restored.load_state_dict(torch.load(tmp_path / "corruptor.pt", weights_only=True))
+    for corruptor in (original, restored):
+        corruptor.outputs = [corruptor.corrupt_batch(gt_batch[6:12]), corruptor(gt_batch[1, :, :48, :40])]
+    assert all(torch.equal(a, b) for a, b in zip(original.outputs, restored.outputs))
+    assert not torch.equal(original.outputs[0], MaskCorruptor(settings, seed=5).corrupt_batch(gt_batch[6:12]))
+
+
 def test_identity_returns_mask_exactly(gt_batch):
     c = MaskCorruptor({"p_identity": 1.0}, seed=0)
     masks = gt_batch[:8]

@@ -390,6 +390,32 @@ def test_unsafe_archives_extract_nothing(tmp_path, member):
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "m.csv").exists()
 
 
+@pytest.mark.parametrize("planted", ["pkg", "pkg/sub", "pkg/sub/fine.txt", "pkg/sub/fine.txt.part"])
+def test_extraction_never_writes_through_a_symlink_already_in_the_destination(tmp_path, planted):
+    """A link where a folder is needed is refused; a link under a file's own name (or its .part)
+    is replaced by the file. Either way the link's target outside stays as it was."""
+    archive = make_zip(tmp_path / "a.zip", {"pkg/sub/fine.txt": b"member", "pkg/other.txt": b"x"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "fine.txt").write_bytes(b"victim")  # the member's size: not mistaken for it
+    out = tmp_path / "out"
+    link = out / planted
+    link.parent.mkdir(parents=True)
+    is_folder = planted.count("/") < 2
+    link.symlink_to(outside if is_folder else outside / "fine.txt")
+    if is_folder:
+        with pytest.raises(ArchiveError, match=rf"a.zip: member 'pkg/sub/fine.txt': '{planted}' in the destination "
+                                               "is a symbolic link; refusing to write through it"):
+            extract_archive(archive, out, tmp_path / "m.csv")
+        assert link.is_symlink()
+    else:
+        extract_archive(archive, out, tmp_path / "m.csv")
+        assert (out / "pkg" / "sub" / "fine.txt").read_bytes() == b"member"
+        assert not (out / "pkg" / "sub" / "fine.txt").is_symlink() and not link.is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["fine.txt"]
+    assert (outside / "fine.txt").read_bytes() == b"victim"
+
+
 def test_fetch_and_extract_end_to_end(mito_zip, served, tmp_path):
     archive, source = mito_zip
     server, root = served

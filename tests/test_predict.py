@@ -337,12 +337,47 @@ def test_unusable_checkpoints_are_named_with_their_problem(student, tmp_path, ch
 
 
 def test_workflow_checkpoints_still_load(student, tmp_path):
-    """Format 1 is unchanged, and a segmenter's arch keeps its config entry's training epochs."""
+    """Format 1 is unchanged, and a segmenter's arch keeps its config entry's training epochs;
+    the workflow's extra (kept epoch, calibration: floats and lists of ints) loads with weights_only."""
     _, checkpoint, _ = student
     assert checkpoint["format_version"] == 1 and checkpoint["normalisation"] == NORMALISATION
     arch = {"type": "unet", "width": 4, "depth": 3, "epochs": 2}
-    save_model(tmp_path / "unet.pth", build_segmenter(arch, INPUT_SIZE), "segmenter", arch, INPUT_SIZE)
-    assert load_model(tmp_path / "unet.pth", SEGMENTATION_KINDS)[1]["arch"] == arch
+    calibration = {"temperature": 1.3, "threshold": 0.45, "iou": 0.5, "images": 2,
+                   "histogram": {"foreground": [0, 3, 5], "background": [7, 1, 0]}}
+    save_model(tmp_path / "unet.pth", build_segmenter(arch, INPUT_SIZE), "segmenter", arch, INPUT_SIZE,
+               {"kept_epoch": 2, "fine_tuned_from": "joint", "calibration": calibration})
+    loaded = load_model(tmp_path / "unet.pth", SEGMENTATION_KINDS)[1]
+    assert loaded["arch"] == arch and loaded["extra"]["calibration"] == calibration
+
+
+class RunsCode:
+    """Unpickling it calls open(path, "w"): a stand-in for a checkpoint that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_that_would_run_code_is_refused_before_it_runs(student, tmp_path, capsys, writer):
+    import pickle
+
+    marker, path = tmp_path / "code_ran", tmp_path / "model.pth"
+    payload = {**student[1], "extra": {"calibration": RunsCode(marker)}}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as file:
+            pickle.dump(payload, file, protocol=2)
+    with pytest.raises(ValueError, match=rf"^{path}: refused to load: the checkpoint asks for"):
+        load_model(path, SEGMENTATION_KINDS)
+    assert main(["predict", "--checkpoint", str(path), "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+                 "--device", "cpu", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emkt predict: error: {path}: refused to load") and err.count("\n") == 1
+    assert not marker.exists()
 
 
 # --- the command line ----------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(tiny_config, tiny
         resume = Checkpointing(tmp_path / f"{name}.pt", fingerprint(config, [], stage=name))
         seed_everything(0)
         run_interrupted(monkeypatch, 2, lambda: stage(resume, tmp_path / f"{name}.csv"))
-        assert resume.path.exists()
+        assert torch.load(resume.path, weights_only=True)["epoch"] == 2  # plain values only: loads safely
         seed_everything(0)  # a new process: same seed, then the state takes over
         resumed = stage(resume, tmp_path / f"{name}.csv")
         assert state_equal(reference, resumed), name
@@ -194,6 +194,26 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(tiny_config, tiny
         # a state from another config is ignored, not resumed
         other = Checkpointing(resume.path, fingerprint(config, [], stage="other"))
         assert other.load({}) is None
+
+
+class RunsCode:
+    """Unpickling it calls open(path, "w"): a stand-in for a planted state file that runs code."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_planted_training_state_is_ignored_without_running_it(tmp_path, caplog):
+    marker, model = tmp_path / "code_ran", torch.nn.Linear(2, 1)
+    resume = Checkpointing(tmp_path / "state.pt", "fp")
+    torch.save({"format": 2, "fingerprint": "fp", "epoch": 3, "rng": RunsCode(marker)}, resume.path)
+    before = copy.deepcopy(model.state_dict())
+    assert resume.load({"model:model": model}) is None
+    assert not marker.exists() and state_equal_dict(before, model.state_dict())
+    assert f"ignoring {resume.path}: refused to load: the training state asks for the global io.open" in caplog.text
 
 
 def test_a_collapsing_student_stops_with_a_clear_error(tiny_config, tiny_data, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import tifffile
 import torch
@@ -22,6 +24,7 @@ import yaml
 
 from conftest import REPO, SHARED_DATA, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
 from emkt.checkpoints import load_checkpoint
+from emkt.resume import HOLD_ENV
 from loopback import LoopbackServer
 
 pytestmark = pytest.mark.workflow
@@ -458,49 +461,89 @@ def test_too_many_bad_files_stop_the_index_and_keep_the_downloads(tmp_path, shar
     assert len(pd.read_csv(workdir / target)) == 26
 
 
-def job_pids(script: str) -> list[int]:
-    """Processes whose command line runs the Snakemake-generated copy of ``script``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if script in command and "snakemake" not in command.split()[0:3]:
-                pids.append(int(entry.name))
-    return pids
+def job_processes(launched: subprocess.Popen, script: str) -> list[psutil.Process]:
+    """The processes ``launched`` started (in its session, which start_new_session made its
+    own, or below it) that run the Snakemake-generated copy of ``script``; never anyone
+    else's, whatever their command line says."""
+    below = set()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        below = {child.pid for child in psutil.Process(launched.pid).children(recursive=True)}
+    found = []
+    for process in psutil.process_iter():
+        try:
+            ours = process.pid in below or os.getsid(process.pid) == launched.pid
+            command = process.cmdline() if ours else []
+        except (psutil.Error, OSError):  # ended meanwhile, or not ours to read
+            continue
+        if any(script in part for part in command) and "snakemake" not in command[0:3]:
+            found.append(process)
+    return found
+
+
+HOLD_EPOCH = 2
 
 
 def run_and_kill(workdir: Path, config: dict, target: str, kill) -> tuple[subprocess.Popen, str]:
-    """Start Snakemake on ``target``; once the baseline's training state holds two epochs,
-    call ``kill(process)``; return the process and its output after it ends."""
-    process = subprocess.Popen(snakemake_command(workdir, config, target), cwd=workdir, text=True,
+    """Start Snakemake on ``target`` with the baseline's training told to hold once it has saved
+    epoch HOLD_EPOCH (emkt.resume.HOLD_ENV: it writes <state>.held and waits); then call
+    ``kill(process)``; return the process and its output after it ends. The job waits for the
+    kill, so the kill lands after that epoch however busy the machine is."""
+    env = {**os.environ, HOLD_ENV: str(HOLD_EPOCH)}
+    process = subprocess.Popen(snakemake_command(workdir, config, target), cwd=workdir, text=True, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    state = workdir / "results" / "state" / "train_student_baseline" / "0.pt"
-    history = workdir / "results" / "history" / "student_baseline_0.csv"
-    deadline, killed = time.monotonic() + 300, False
-    while not killed and process.poll() is None and time.monotonic() < deadline:
-        if state.exists() and history.exists() and len(history.read_text().splitlines()) > 2:
-            killed = kill(process)
-        time.sleep(0.02)
-    output = process.communicate(timeout=300)[0]
-    assert killed, "the training job finished before it could be killed:\n" + output[-3000:]
+    held = workdir / "results" / "state" / "train_student_baseline" / "0.pt.held"
+    while not held.exists() and process.poll() is None:
+        time.sleep(0.05)
+    killed = held.exists() and kill(process)
+    output = process.communicate(timeout=600)[0]
+    assert killed, "the training job ended before holding after epoch 2:\n" + output[-3000:]
     return process, output
 
 
-def kill_training_job(process) -> bool:
+def kill_training_job(process: subprocess.Popen) -> bool:
     """SIGKILL the training job only (as SLURM does at a timeout or preemption)."""
-    pids = job_pids("train_student_baseline.py")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return bool(pids)
+    jobs = job_processes(process, "train_student_baseline.py")
+    for job in jobs:
+        job.send_signal(signal.SIGKILL)
+    return bool(jobs)
 
 
-def kill_everything(process) -> bool:
-    """SIGKILL Snakemake and its jobs at once (a node crash)."""
+def kill_everything(process: subprocess.Popen) -> bool:
+    """SIGKILL Snakemake and its jobs at once (a node crash): its process group, and the jobs
+    in its session in case they run in groups of their own."""
+    jobs = job_processes(process, "train_student_baseline.py")
     os.killpg(process.pid, signal.SIGKILL)
+    for job in jobs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            job.send_signal(signal.SIGKILL)
     return True
+
+
+def start_decoy() -> subprocess.Popen:
+    """Someone else's process with the training script's name in its command line, in a
+    session of its own; it prints a line once running."""
+    return subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)",
+                             "train_student_baseline.py"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_the_kill_ends_the_job_of_its_own_session_only(tmp_path):
+    """kill_training_job ends the 'training job' below the Snakemake stand-in it launched and
+    leaves a process of the same command line in another session running."""
+    decoy = start_decoy()
+    # the stand-in's own command line must not name the script (joined here) or it would match too
+    job = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+           "\"import time; print('up', flush=True); time.sleep(600)\", 'train_student_' + 'baseline.py']); p.wait()")
+    launched = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert decoy.stdout.readline() == launched.stdout.readline() == "up\n"
+        assert kill_training_job(launched)
+        assert launched.wait(timeout=60) == 0  # its job was SIGKILLed, so the stand-in ended
+        assert decoy.poll() is None
+    finally:
+        for process in (launched, decoy):
+            process.kill()  # by its own pid; both are ours
+            process.wait()
 
 
 def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
@@ -515,7 +558,14 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
 
     job_killed = tmp_path / "job_killed"
     job_killed.mkdir()
-    process, output = run_and_kill(job_killed, config, target, kill_training_job)
+    decoy = start_decoy()  # not ours to kill, though its command line names the training script
+    try:
+        assert decoy.stdout.readline() == "up\n"
+        process, output = run_and_kill(job_killed, config, target, kill_training_job)
+        assert decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
     assert process.returncode == 0, output[-4000:]  # resources.train.retries restarted the job
 
     crashed = tmp_path / "crashed"
@@ -527,8 +577,8 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
 
     for workdir in (job_killed, crashed):
         log = (workdir / "results" / "logs" / "train_student_baseline" / "0.log").read_text()
-        assert "resuming from results/state/train_student_baseline/0.pt after epoch" in log, workdir.name
-        assert not (workdir / "results" / "state" / "train_student_baseline" / "0.pt").exists()
+        assert f"resuming from results/state/train_student_baseline/0.pt after epoch {HOLD_EPOCH}\n" in log, workdir.name
+        assert not any((workdir / "results" / "state" / "train_student_baseline").iterdir())  # state and marker
         ours, theirs = (torch.load(d / target, map_location="cpu", weights_only=False) for d in (workdir, reference))
         assert ours["state_dict"].keys() == theirs["state_dict"].keys()
         assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])

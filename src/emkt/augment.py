@@ -36,9 +36,12 @@ from monai.transforms import (
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    Randomizable,
     ToTensord,
 )
 from scipy import ndimage
+
+from .runtime import numpy_random_state, set_numpy_random_state
 
 __all__ = [
     "CORRUPTION_KEYS_DOC",
@@ -161,6 +164,12 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float32)
 
 
+def _randomizables(transform: Randomizable) -> list[Randomizable]:
+    """A MONAI transform and the randomised parts it holds (e.g. RandAffine's grid), in a
+    fixed order: each draws from its own generator ``R``."""
+    return [transform, *(part for part in vars(transform).values() if isinstance(part, Randomizable))]
+
+
 class MaskCorruptor:
     """Corrupts binary ground-truth masks into soft masks of widely varying quality.
 
@@ -198,6 +207,26 @@ class MaskCorruptor:
         with _torch_single_thread():
             out = torch.stack([self._corrupt(m).clamp_(0.0, 1.0) for m in cpu])
         return out.to(device=masks.device, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict:
+        """Where the random streams stand, as tensors and plain values (a training state holding
+        it loads with weights_only): the generator and, per mask shape, the generators of the
+        MONAI transforms (each transform and the grids inside it keep one)."""
+        return {"seed": self.seed, "rng": self.rng.bit_generator.state,
+                "transforms": [[h, w, {name: [numpy_random_state(r.R) for r in _randomizables(t)]
+                                       for name, t in transforms.items()}]
+                               for (h, w), transforms in self._transforms.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the streams of ``state_dict``: the transforms are rebuilt per shape (in the
+        order they were made), their generators set, then the corruptor's own generator."""
+        self.seed, self._transforms = int(state["seed"]), {}
+        for h, w, saved in state["transforms"]:
+            for name, transform in self._get_transforms(h, w).items():
+                for randomizable, random_state in zip(_randomizables(transform), saved[name], strict=True):
+                    set_numpy_random_state(randomizable.R, random_state)
+        self.rng.bit_generator.state = state["rng"]
 
     # ------------------------------------------------------------------ internals
     def _child_seed(self) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +71,29 @@ def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint and check that this version can rebuild it and feed it the inputs it
     was trained on: format, keys, normalisation and architecture (see ``check_checkpoint``)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({_one_line(error)})") from error
+    payload = load_plain(path, "checkpoint")
     check_checkpoint(payload, path)
     return payload
+
+
+class UnsafeFileError(ValueError):
+    """A file would run code or rebuild arbitrary objects when unpickled, so it was not loaded."""
+
+
+def load_plain(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` of a file that may come from anyone, with weights_only: only tensors and
+    plain values (dicts, lists, tuples, numbers, strings, None) are rebuilt, and a pickle that
+    would call or rebuild anything else is refused (UnsafeFileError) before any of it runs.
+    Any other unreadable file is a ValueError; both name the file on one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # the restricted unpickler met a global or an opcode it refuses
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        asks = f"the global {found.group(1)}" if found else "a pickle instruction weights_only does not allow"
+        raise UnsafeFileError(f"{path}: refused to load: the {what} asks for {asks}, not just weights and "
+                              f"plain values (it may run code)") from None
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable {what} ({_one_line(error)})") from error
 
 
 def check_checkpoint(payload: Any, path: str | Path = "<checkpoint>") -> None:

@@ -342,11 +342,72 @@ def safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return members
 
 
+def _open_folder(archive: Path, member: str, parent_fd: int, parts: list[str]) -> int:
+    """A descriptor of the folder ``parts`` below ``parent_fd``, creating what is missing. Every
+    component is opened with O_NOFOLLOW relative to the one above it, so a symbolic link (or a
+    file) already on disk at any level is refused instead of followed, and a link swapped in
+    between the check and the use cannot redirect the write either."""
+    fd = os.dup(parent_fd)
+    try:
+        for depth, part in enumerate(parts):
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:  # ELOOP: a symbolic link; ENOTDIR: a file
+                what = "a symbolic link" if stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode) else "not a folder"
+                raise ArchiveError(f"{archive}: member {member!r}: {'/'.join(parts[:depth + 1])!r} in the "
+                                   f"destination is {what}; refusing to write through it") from exc
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path, folder_fd: int, name: str) -> bool:
+    """Write one file member as ``name`` in the open folder; False when it is already there.
+
+    An existing symbolic link under the member's own name is replaced by the file (rename
+    replaces the link, never its target); the ``.part`` beside it is created afresh (O_EXCL)."""
+    try:
+        present = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        present = None
+    if present is not None and stat.S_ISREG(present.st_mode) and present.st_size == info.file_size:
+        return False
+    part = name + ".part"
+    try:
+        os.unlink(part, dir_fd=folder_fd)  # a stale part, or a link planted there: removed, not followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder_fd)
+    try:
+        # zipfile checks the CRC as the stream ends, so a bad member never reaches its name.
+        with zf.open(info) as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, _HASH_CHUNK)
+    except BaseException as exc:
+        os.unlink(part, dir_fd=folder_fd)
+        if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError)):
+            raise ArchiveError(f"{archive}: member {info.filename!r} is corrupt ({exc})") from exc
+        raise
+    os.replace(part, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    return True
+
+
 def extract_archive(archive: str | Path, dest_dir: str | Path, manifest: str | Path) -> pd.DataFrame:
     """Safely extract ``archive`` into ``dest_dir`` and write a manifest CSV (member, size).
 
     Idempotent: members already present with the right size are skipped, and each file is
     written through ``<target>.part``, so a rerun after a crash gives the same tree.
+
+    Nothing is written outside ``dest_dir`` whatever is already on disk: a symbolic link (or
+    a file) where a member needs a folder is an ArchiveError, and a symbolic link under a
+    member's own name is replaced by the member, its target left untouched. ``dest_dir``
+    itself may be a link (the user chose it).
     """
     archive = Path(archive)
     dest_dir = Path(dest_dir)
@@ -360,29 +421,24 @@ def extract_archive(archive: str | Path, dest_dir: str | Path, manifest: str | P
         # Validate everything first: an unsafe archive must leave nothing behind.
         members = safe_members(zf)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        for info in tqdm(members, desc=f"extract {archive.name}", unit="file", mininterval=10, file=sys.stderr):
-            target = dest_dir / info.filename
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            rows.append({"member": info.filename, "size": info.file_size})
-            if target.is_file() and target.stat().st_size == info.file_size:
-                present += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + ".part")
-            try:
-                # zipfile checks the CRC as the stream ends, so a bad member never reaches target.
-                with zf.open(info) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _HASH_CHUNK)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                part.unlink(missing_ok=True)
-                raise ArchiveError(f"{archive}: member {info.filename!r} is corrupt ({exc})") from exc
-            except BaseException:
-                part.unlink(missing_ok=True)
-                raise
-            os.replace(part, target)
-            extracted += 1
+        root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for info in tqdm(members, desc=f"extract {archive.name}", unit="file", mininterval=10, file=sys.stderr):
+                parts = [part for part in info.filename.split("/") if part not in ("", ".")]
+                folders = parts if info.is_dir() else parts[:-1]
+                folder_fd = _open_folder(archive, info.filename, root_fd, folders)
+                try:
+                    if info.is_dir():
+                        continue
+                    rows.append({"member": info.filename, "size": info.file_size})
+                    if _extract_member(zf, info, archive, folder_fd, parts[-1]):
+                        extracted += 1
+                    else:
+                        present += 1
+                finally:
+                    os.close(folder_fd)
+        finally:
+            os.close(root_fd)
     log.info("%s: %d members extracted, %d already present", archive.name, extracted, present)
     frame = pd.DataFrame(rows, columns=["member", "size"])
     with atomic_path(manifest) as tmp:

@@ -9,6 +9,18 @@ import numpy as np
 import torch
 
 
+def numpy_random_state(generator: np.random.RandomState) -> dict:
+    """A legacy numpy generator's state as tensors and plain values (the MT19937 key as an
+    int64 tensor), so that a training state holding it loads with weights_only."""
+    state = generator.get_state(legacy=False)
+    return {**state, "state": {**state["state"], "key": torch.from_numpy(state["state"]["key"].astype(np.int64))}}
+
+
+def set_numpy_random_state(generator: np.random.RandomState, state: dict) -> None:
+    """Restore a state from ``numpy_random_state``."""
+    key = np.asarray(state["state"]["key"], dtype=np.int64).astype(np.uint32)
+    generator.set_state({**state, "state": {**state["state"], "key": key}})
+
 
 def select_device(choice: str) -> torch.device:
     """'auto' takes CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
