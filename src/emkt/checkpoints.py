@@ -87,11 +87,16 @@ def load_plain(path: str | Path, what: str = "checkpoint") -> Any:
     Any other unreadable file is a ValueError; both name the file on one line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # the restricted unpickler met a global or an opcode it refuses
+    except pickle.UnpicklingError as error:
+        # the restricted unpickler met a global (a callable: code it would run); other refusals,
+        # e.g. of bytes that are no pickle at all, are an unreadable file
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        asks = f"the global {found.group(1)}" if found else "a pickle instruction weights_only does not allow"
-        raise UnsafeFileError(f"{path}: refused to load: the {what} asks for {asks}, not just weights and "
-                              f"plain values (it may run code)") from None
+        if found is None:  # torch's own text advises weights_only=False: not for files from anyone
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(error), re.DOTALL)
+            reason = _one_line(ValueError(detail.group(1))) if detail else "not a pickle of weights"
+            raise ValueError(f"{path}: not a readable {what} ({reason})") from None
+        raise UnsafeFileError(f"{path}: refused to load: the {what} asks for the global {found.group(1)}, not just "
+                              f"weights and plain values (it may run code)") from None
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise ValueError(f"{path}: not a readable {what} ({_one_line(error)})") from error
 
