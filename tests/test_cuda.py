@@ -65,7 +65,7 @@ def test_every_stage_trains_on_the_gpu(gpu_setup, tmp_path):
         write_pseudo_labels(unet, shard, out, config["input_size"], 0.25, 4, GPU)
     write_manifest("pseudo", outputs, tmp_path / "pseudo.json", tile=config["store"]["pool_tile"])
     pseudo = self_train(config, 0, files, tmp_path / "pseudo.json", baseline, tmp_path / "p.csv", GPU,
-                        from_trained=True).student
+                        from_trained=True, threshold=0.9).student
     small = feature_distill(config, 0, files, baseline, tmp_path / "f.csv", GPU)
     assert all(on_gpu(m) for m in (distilled, pseudo, small))
     for name in ("pre", "base", "joint", "expand", "u", "d", "p", "f"):

@@ -180,7 +180,7 @@ def test_ensemble_distillation_self_training_and_feature_distillation_run_and_lo
     assert len(distilled) == tiny_config["ensemble_distillation"]["epochs"]
 
     kept = self_train(tiny_config, 0, tiny_data, pseudo_manifest(student, tiny_data, tmp_path),
-                      build_student(VIT, 32), tmp_path / "self.csv", CPU, from_trained=False)
+                      build_student(VIT, 32), tmp_path / "self.csv", CPU, from_trained=False, threshold=0.9)
     history = pd.read_csv(tmp_path / "self.csv")
     assert {"train_bce", "train_pool_bce", "train_confident_fraction", "val_iou"} <= set(history.columns)
     # from scratch there is no epoch 0 to keep
@@ -212,7 +212,8 @@ def test_self_training_from_a_trained_student_keeps_its_start_when_no_epoch_beat
         return {"iou": iou, "dice": 2 * iou / (1 + iou), "bce": 1.0 - iou, "predicted_fraction": 0.2}, []
 
     monkeypatch.setattr(emkt.train, "student_validation", validation)
-    kept = self_train(tiny_config, 0, tiny_data, manifest, start, tmp_path / "self.csv", CPU, from_trained=True)
+    kept = self_train(tiny_config, 0, tiny_data, manifest, start, tmp_path / "self.csv", CPU, from_trained=True,
+                      threshold=0.9)
     history = pd.read_csv(tmp_path / "self.csv")
     assert list(history["epoch"]) == [0, 1, 2] and list(history["val_iou"]) == [0.5, 0.4, 0.3]
     assert history["train_pool_bce"].iloc[1:].notna().all()  # both epochs trained

@@ -849,9 +849,11 @@ def pseudo_label_targets(pseudo: torch.Tensor, threshold: float) -> tuple[torch.
 
 def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Path, student: nn.Module,
                history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None, *,
-               from_trained: bool) -> KeptStudent:
+               from_trained: bool, threshold: float) -> KeptStudent:
     """Pseudo-label self-training: each step one labelled batch (BCE against the GT) and one
-    pool batch (BCE against the teacher's confident hard labels, pool_weight times).
+    pool batch (BCE against the teacher's hard labels where its confidence max(p, 1-p) is at
+    least ``threshold``, pool_weight times). ``threshold`` is pseudo_label.threshold, or the one
+    chosen on validation for 'auto' (emkt.calibration.pseudo_label_threshold).
 
     An epoch is ``expand.images_per_epoch`` pool images for ``expand.epochs`` epochs, so the
     student sees as many pool images as knowledge expansion does; the labelled crops repeat as needed.
@@ -872,7 +874,7 @@ def self_train(cfg: dict, seed: int, files: DataFiles, pseudo_manifest: str | Pa
                      pseudo=TileStore(pseudo_manifest, "pseudo"))
     pool_loader = make_loader(pool, cfg, seed, rt, limit=cfg["expand"]["images_per_epoch"])
     train_student, update, scheduler = optimisation(rt, student, cfg["train"])
-    threshold, weight = stage_cfg["threshold"], stage_cfg["pool_weight"]
+    weight = stage_cfg["pool_weight"]
 
     def train_epoch(epoch: int) -> dict[str, float]:
         student.train()

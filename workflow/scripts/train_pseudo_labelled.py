@@ -18,7 +18,6 @@ threshold = pseudo_label_threshold(settings["threshold"], settings["target_preci
                                    load_checkpoint(snakemake.input.teacher), snakemake.input.teacher)
 logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_label.threshold: %s)", threshold,
                                settings["threshold"])
-config = {**config, "pseudo_label": {**settings, "threshold": threshold}}
 
 # the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
 start = "baseline" if snakemake.input.init else None
@@ -27,7 +26,7 @@ if start is not None:
 else:
     student = build_student(config["student"], config["input_size"])
 trained = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
-                     snakemake.output.history, device, resume, from_trained=start is not None)
+                     snakemake.output.history, device, resume, from_trained=start is not None, threshold=threshold)
 save_segmentation_network(snakemake, config, device, snakemake.output.model, trained.student, "student",
                           config["student"], {"condition": "pseudo_labelled", "seed": seed,
                                               "pseudo_label_threshold": threshold,
