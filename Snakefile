@@ -24,6 +24,7 @@ rule all:
     input:
         "results/tables/summary.csv",
         "results/tables/summary.md",
+        "results/tables/headline.md",
         list(EXPANSION_TABLES.values()),
         FIGURES,
         prediction_outputs(),

@@ -105,7 +105,9 @@ def test_metric_bars_hatch_references(tmp_path, saved_figures):
     assert bars[0].get_height() == pytest.approx(0.61)
     labels = [t.get_text() for t in iou.get_xticklabels()]
     assert labels == ["baseline", "distilled", "ensemble", "unet", "baseline"]
-    legend = [t.get_text() for t in iou.get_legend().get_texts()]
+    # one legend for the figure, above the panels, where it covers no bar
+    assert iou.get_legend() is None
+    legend = [t.get_text() for t in saved_figures[0].legends[0].get_texts()]
     assert legend == ["student", "reference network"]
     # the metric of one condition: one bar, in that condition's slot
     assert [bar.get_x() + bar.get_width() / 2 for bar in vs_teacher.patches] == [1]
@@ -221,7 +223,7 @@ def history(epochs: int, val: bool = True, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def test_training_curves(tmp_path):
+def test_training_curves(tmp_path, saved_figures):
     histories = {
         "teacher_pretrained": [(0, history(5, val=False))],  # no val columns
         "student_baseline": [(0, history(6)), (1, history(6, seed=1))],
@@ -231,6 +233,9 @@ def test_training_curves(tmp_path):
     out = tmp_path / "curves.png"
     plot_training_curves(histories, out)
     check_png(out)
+    joint_train = saved_figures[0].axes[4]
+    assert joint_train.get_title() == "joint: training losses"
+    assert [t.get_text() for t in joint_train.get_xticklabels()] == ["0"]  # one epoch, one tick
 
 
 def test_prediction_panel(tmp_path):
@@ -251,3 +256,131 @@ def test_prediction_panel(tmp_path):
     one = tmp_path / "one.png"
     plot_prediction_panel({"joint": panel["baseline"]}, one, max_images=1)
     assert one.exists() and one.stat().st_size > 2_000
+
+
+# A full run's size: 8 students and 5 reference networks, 3 seeds, ten metrics, the
+# validation split and two external sets; every figure must still fit a laptop screen at 100%.
+STUDENTS = ["baseline", "joint", "joint_error_map", "expanded_anchored", "expanded_committee", "ensemble_distilled",
+            "pseudo_labelled", "feature_distilled"]
+REFERENCES = ["unet", "basicunet", "ensemble", "critic_teacher", "error_map_teacher"]
+METRICS = ["iou", "dice", "accuracy", "precision", "recall", "ece", "mce", "object_f1", "pq", "ece_calibrated"]
+SCREEN = 2000  # px: at most this wide, and (except where stated) this tall
+
+
+def realistic_long() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = [
+        (dataset, model, condition, seed, metric, rng.uniform(0.3, 0.9))
+        for dataset in ["test", "val", "em_mito_mini", "other_lab"]
+        for model, conditions in (("student", STUDENTS), ("reference", REFERENCES))
+        for condition in conditions for seed in range(3)
+        for metric in [*METRICS, "images_per_s", "parameters"]
+    ]  # fmt: skip
+    rows += [("test", "teacher", "joint", seed, "mae", 0.05) for seed in range(3)]
+    return pd.DataFrame(rows, columns=["dataset", *COLUMNS])
+
+
+def pixel_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, checked to be a readable image at all."""
+    img = check_png(path)
+    return img.shape[1], img.shape[0]
+
+
+def grid_of(fig) -> tuple[int, int]:
+    """(rows, columns) of the panels, from where they sit in the figure."""
+    positions = [ax.get_position() for ax in fig.axes]
+    return len({round(p.y0, 3) for p in positions}), len({round(p.x0, 3) for p in positions})
+
+
+def test_grid_shape():
+    assert plots.grid_shape(10, 4) == (3, 4)
+    assert plots.grid_shape(9, 4) == (3, 3)  # full rows rather than 4 + 4 + 1
+    assert plots.grid_shape(4, 3) == (2, 2)
+    assert plots.grid_shape(2, 4) == (1, 2)
+    assert plots.grid_shape(0, 4) == (1, 1)
+
+
+def test_metrics_figure_is_a_grid_a_screen_wide(tmp_path, saved_figures):
+    out = tmp_path / "metrics.png"
+    plot_metric_bars(realistic_long(), out, METRICS)
+    width, height = pixel_size(out)
+    # was one strip of ten panels, ~15,800 x 470 px
+    assert 1200 <= width <= SCREEN and 600 <= height <= 1300 and 1.2 <= width / height <= 3
+    fig = saved_figures[0]
+    assert len(fig.axes) == 10 and grid_of(fig) == (3, 4)
+    # network names under the lowest panel of each column only: rows of 4, 4, 2 panels
+    shown = [ax.xaxis.get_tick_params()["labelbottom"] for ax in fig.axes]
+    assert shown == [False] * 6 + [True] * 4
+    assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == STUDENTS + REFERENCES
+
+
+def test_datasets_figure_size(tmp_path, saved_figures):
+    out = tmp_path / "datasets.png"
+    plot_dataset_bars(realistic_long(), out, ["iou", "dice", "object_f1", "pq"])
+    width, height = pixel_size(out)
+    # was 6,300 x 1,400 px: one row per data set (test, two external sets), one column per metric
+    assert 1200 <= width <= SCREEN and 600 <= height <= 1300 and 1.2 <= width / height <= 3
+    assert grid_of(saved_figures[0]) == (3, 4)
+
+
+def test_speed_accuracy_size(tmp_path):
+    out = tmp_path / "speed.png"
+    plot_speed_accuracy(realistic_long(), out)
+    width, height = pixel_size(out)
+    assert 1000 <= width <= SCREEN and 400 <= height <= 1000 and 1.5 <= width / height <= 3.5
+
+
+def test_teacher_scatter_size(tmp_path, saved_figures):
+    rng = np.random.default_rng(2)
+    per_tile = pd.DataFrame([
+        {"teacher_stage": stage, "seed": seed, "student_condition": condition, "true": true,
+         "predicted": true + rng.normal(0, 0.05)}
+        for stage in ["pretrained", "joint", "pretrained_error_map", "joint_error_map"]
+        for condition in STUDENTS[:5] for seed in range(3) for true in rng.uniform(0.1, 0.6, 10)
+    ])  # fmt: skip
+    out = tmp_path / "scatter.png"
+    plot_teacher_scatter(per_tile, out)
+    width, height = pixel_size(out)
+    # four stages: 2 x 2 square panels (was one strip, 2,100 x 540 px)
+    assert 800 <= width <= 1400 and 800 <= height <= 1400 and 0.8 <= width / height <= 1.25
+    assert grid_of(saved_figures[0]) == (2, 2)
+
+
+def test_training_curves_size(tmp_path, saved_figures):
+    stages = ["teacher_pretrained", "teacher_pretrained_error_map", "segmenter_unet", "segmenter_basicunet",
+              "student_baseline", "joint", "joint_error_map", "student_expanded_anchored",
+              "student_expanded_committee", "student_ensemble_distilled", "student_pseudo_labelled",
+              "student_feature_distilled"]
+    histories = {stage: [(seed, history(12, seed=seed)) for seed in range(3)] for stage in stages}
+    out = tmp_path / "curves.png"
+    plot_training_curves(histories, out)
+    width, height = pixel_size(out)
+    # twelve stages, two to a row of train | val | train | val (was 1,300 x 4,600 px)
+    assert 1400 <= width <= SCREEN and 1400 <= height <= SCREEN and 0.7 <= width / height <= 1.4
+    fig = saved_figures[0]
+    assert len(fig.axes) == 24 and grid_of(fig) == (6, 4)
+    assert fig.axes[2].get_title() == "teacher_pretrained_error_map: training losses"
+    # each panel names its columns; the seeds' line styles are named once, above the panels
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["val_dice", "val_iou"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]
+    styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].lines}
+    assert len({styles[f"train_loss (seed {seed})"] for seed in range(3)}) == 3
+
+
+def test_five_seeds_get_five_line_styles(tmp_path, saved_figures):
+    plot_training_curves({"joint": [(seed, history(3, seed=seed)) for seed in range(5)]}, tmp_path / "curves.png")
+    lines = [line for line in saved_figures[0].axes[0].lines if line.get_label().startswith("train_loss")]
+    # get_linestyle() calls every custom dash pattern "--": compare the patterns themselves
+    assert len({str(line._unscaled_dash_pattern) for line in lines}) == 5
+
+
+def test_prediction_panel_size(tmp_path):
+    rng = np.random.default_rng(3)
+    n, h, w = 4, 128, 128
+    image, gt = rng.random((n, h, w)), (rng.random((n, h, w)) > 0.7).astype(np.uint8)
+    panel = {c: {"image": image, "gt": gt, "prob": rng.random((n, h, w))} for c in [*STUDENTS, "ensemble"]}
+    out = tmp_path / "panel.png"
+    plot_prediction_panel(panel, out, max_images=4)
+    width, height = pixel_size(out)
+    # 4 images x (image, GT, 9 networks): smaller panels, one row per image (was 3,400 x 1,280 px)
+    assert 1500 <= width <= SCREEN and 500 <= height <= 1000 and 2 <= width / height <= 3.5

@@ -212,6 +212,11 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     assert markdown.index("### Test split") < markdown.index("### External set: em_mito_mini")
     assert (results / "figures" / "datasets.png").stat().st_size > 10_000
     assert "p (paired t)" in markdown
+    # the few test-split numbers `make demo` prints: students, then references, no teachers
+    headline = (results / "tables" / "headline.md").read_text()
+    assert headline.startswith("Test split, 2 seeds, ") and len(headline.splitlines()) <= 20
+    assert headline.index("| student   | baseline ") < headline.index("| reference | ensemble ")
+    assert "teacher" not in headline and "182001.000" not in headline
     # the report and the selection (validation split) tables are apart and say which they are
     assert markdown.startswith("Report (test split and external sets): ")
     assert (results / "tables" / "selection.md").read_text().startswith("Selection (validation split): ")

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 DPI = 120
-LINESTYLES = ["-", "--", ":", "-."]
+# one per seed (the paper runs 5), repeating only beyond
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
 # segmentation networks, in plotting order; teachers predict losses and are not plotted here
 NETWORK_MODELS = ("student", "reference")
 # references (e.g. the ensemble) must not be mistaken for students: hatched bars, square markers
@@ -62,6 +63,27 @@ def _colours(labels: list) -> dict:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
+def grid_shape(n: int, max_columns: int) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels, at most ``max_columns`` wide and the rows as full as
+    they can be: 10 panels in at most 4 columns are 3 rows of 4, 4 panels in 3 columns 2 of 2."""
+    n = max(n, 1)
+    rows = -(-n // max_columns)
+    return rows, -(-n // rows)
+
+
+def _panel_grid(n: int, max_columns: int, panel: tuple[float, float]) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure with ``n`` panels (at least one) of ``panel`` inches in a ``grid_shape`` grid;
+    the slots left over in the last row are removed, so ``fig.axes`` are the panels."""
+    rows, columns = grid_shape(n, max_columns)
+    # constrained: each row gets the room its own labels need (tight_layout gives every row the most)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns, panel[1] * rows), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.ravel())
+    for ax in flat[max(n, 1):]:
+        fig.delaxes(ax)
+    return fig, flat[:max(n, 1)]
+
+
 def _networks(long: pd.DataFrame) -> pd.DataFrame:
     """Student and reference rows with finite values; a table without ``model`` is students."""
     if "model" not in long.columns:
@@ -79,7 +101,7 @@ def network_order(long: pd.DataFrame) -> list[tuple[str, str]]:
     return [pair for model in NETWORK_MODELS for pair in pairs if pair[0] == model]
 
 
-def _kind_legend(ax: plt.Axes, models: set, bars: bool) -> None:
+def _kind_legend(target: plt.Axes | plt.Figure, models: set, bars: bool) -> None:
     # one entry per kind of network shown, so the reader can tell references from students
     if bars:
         handles = [Patch(facecolor="white", edgecolor="black", hatch=HATCH[m], label=KIND_LABEL[m])
@@ -87,12 +109,16 @@ def _kind_legend(ax: plt.Axes, models: set, bars: bool) -> None:
     else:
         handles = [Line2D([], [], linestyle="", marker=MARKER[m], color="grey", label=KIND_LABEL[m])
                    for m in NETWORK_MODELS if m in models]  # fmt: skip
-    ax.legend(handles=handles, fontsize=8)
+    if isinstance(target, plt.Figure):  # above the panels, where it hides no bar
+        target.legend(handles=handles, fontsize=9, loc="outside upper center", ncol=len(handles))
+    else:
+        target.legend(handles=handles, fontsize=8)
 
 
 def plot_metric_bars(long: pd.DataFrame, out: Path, metrics: list[str]) -> None:
-    """Students and reference networks on the test split: one subplot per metric, one bar
-    per (model, condition).
+    """Students and reference networks on the test split: one subplot per metric, in rows of
+    at most ``MAX_COLUMNS``, one bar per (model, condition), named under the lowest panel of
+    each column; the legend of network kinds is above the panels.
 
     Bars are the mean over seeds, error bars the sd (none with one seed), and each seed is a
     jittered point. Students come first, then references (hatched, named in the legend), each
@@ -120,24 +146,52 @@ def test_split(long: pd.DataFrame) -> pd.DataFrame:
     return long[long[DATASET] == TEST_SET] if DATASET in long.columns else long
 
 
+# at most this many panels side by side, so that a figure fits a laptop screen at 100%
+MAX_COLUMNS = 4
+
+
+def _bar_panel_size(groups: int) -> tuple[float, float]:
+    # ~0.25 in per bar: 13 networks in 4 columns stay under ~2,000 px at DPI 120
+    return max(3.2, 0.25 * groups + 0.7), 2.6
+
+
 def _plot_bar_grid(long: pd.DataFrame, out: Path, metrics: list[str], datasets: list[str | None]) -> None:
+    """Metric panels in a grid: for the test split alone (``datasets == [None]``) the metrics
+    wrap at ``MAX_COLUMNS``; with data sets, one row per data set, one column per metric."""
     groups = network_order(long)
     nets = _networks(long)
     colours = _colours(groups)
     rng = np.random.default_rng(0)  # fixed jitter: identical inputs give identical figures
-    n = max(len(metrics), 1)
-    width = max(3.5, 0.9 * len(groups) + 1.5)
-    fig, axes = plt.subplots(len(datasets), n, figsize=(width * n, 4 * len(datasets)), squeeze=False)
-    for row, dataset in zip(axes, datasets):
+    panels = [(dataset, metric) for dataset in datasets for metric in metrics]
+    if datasets == [None]:
+        fig, flat = _panel_grid(len(panels), MAX_COLUMNS, _bar_panel_size(len(groups)))
+        columns = grid_shape(len(panels), MAX_COLUMNS)[1]
+    else:
+        columns = max(len(metrics), 1)
+        width, height = _bar_panel_size(len(groups))
+        fig, axes = plt.subplots(len(datasets), columns, figsize=(width * columns, height * len(datasets)),
+                                 squeeze=False, layout="constrained")  # fmt: skip
+        flat = list(axes.ravel())
+    for ax, (dataset, metric) in zip(flat, panels):
         rows = nets if dataset is None else nets[nets[DATASET] == dataset]
-        for ax, metric in zip(row, metrics):
-            ax.set_title(metric if dataset is None else f"{_dataset_label(dataset)}: {metric}")
-            _metric_bars(ax, rows[rows["metric"] == metric], groups, colours, rng)
-        if not metrics:
-            _no_data(row[0], "no metrics requested")
-    _kind_legend(axes[0, 0], {m for m, _ in groups}, bars=True)
-    fig.tight_layout()
+        ax.set_title(metric if dataset is None else f"{_dataset_label(dataset)}: {metric}", fontsize=10)
+        _metric_bars(ax, rows[rows["metric"] == metric], groups, colours, rng)
+    if not metrics:
+        for ax in flat[::columns]:
+            _no_data(ax, "no metrics requested")
+    _label_bottom_only(flat, columns)
+    _kind_legend(fig, {m for m, _ in groups}, bars=True)
     _save(fig, out)
+
+
+def _label_bottom_only(flat: list[plt.Axes], columns: int) -> None:
+    """Network names under the lowest panel of each column only: every panel has the same
+    slots, and names under every row would take as much room as the bars. A panel keeps its
+    names when the one below it has none (no data)."""
+    for i, ax in enumerate(flat):
+        below = i + columns
+        if below < len(flat) and len(flat[below].get_xticks()) == len(ax.get_xticks()) > 0:
+            ax.tick_params(labelbottom=False)
 
 
 def _dataset_label(dataset: str) -> str:
@@ -162,7 +216,9 @@ def _metric_bars(ax: plt.Axes, sub: pd.DataFrame, groups: list[tuple[str, str]],
         jitter = rng.uniform(-0.15, 0.15, values.size)
         ax.scatter(i + jitter, values, color="black", s=14, zorder=3)
     ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([c for _, c in groups], rotation=30, ha="right")
+    # steeper for many networks, so that long names do not run into each other
+    rotation = 30 if len(groups) <= 6 else 50
+    ax.set_xticklabels([c for _, c in groups], rotation=rotation, ha="right", rotation_mode="anchor", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -248,7 +304,8 @@ def plot_speed_accuracy(
 
 
 def plot_teacher_scatter(per_tile: pd.DataFrame, out: Path) -> None:
-    """Teacher-predicted vs true per-image BCE, one subplot per teacher stage.
+    """Teacher-predicted vs true per-image BCE, one subplot per teacher stage (rows of at
+    most 3: four stages are 2 x 2).
 
     ``per_tile`` has columns teacher_stage, seed, student_condition, predicted, true. Points
     are coloured by student condition (same colours in every subplot); the dashed line is the
@@ -256,9 +313,8 @@ def plot_teacher_scatter(per_tile: pd.DataFrame, out: Path) -> None:
     """
     stages = list(pd.unique(per_tile["teacher_stage"]))
     colours = _colours(list(pd.unique(per_tile["student_condition"])))
-    n = max(len(stages), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.3), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
+    fig, flat = _panel_grid(len(stages), 3, (4.5, 4.3))
+    for ax, stage in zip(flat, stages):
         sub = per_tile[per_tile["teacher_stage"] == stage]
         pred = sub["predicted"].to_numpy(dtype=float)
         true = sub["true"].to_numpy(dtype=float)
@@ -282,12 +338,11 @@ def plot_teacher_scatter(per_tile: pd.DataFrame, out: Path) -> None:
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
     if not stages:
-        _no_data(axes[0, 0])
-    fig.tight_layout()
+        _no_data(flat[0])
     _save(fig, out)
 
 
-def _plot_columns(ax: plt.Axes, runs: list[tuple[int, pd.DataFrame]], prefix: str) -> None:
+def _plot_columns(ax: plt.Axes, runs: list[tuple[int, pd.DataFrame]], prefix: str, styles: dict) -> None:
     # union over seeds, in first-seen order, so that a column missing in one run still shows
     columns = list(
         dict.fromkeys(c for _, df in runs for c in df.columns if str(c).startswith(prefix))
@@ -296,8 +351,9 @@ def _plot_columns(ax: plt.Axes, runs: list[tuple[int, pd.DataFrame]], prefix: st
         _no_data(ax, f"no {prefix}* columns")
         return
     colours = _colours(columns)
-    for k, (seed, df) in enumerate(runs):
-        style = LINESTYLES[k % len(LINESTYLES)]
+    drawn: dict[str, None] = {}
+    epochs: set[float] = set()
+    for seed, df in runs:
         for column in columns:
             if column not in df.columns:
                 continue
@@ -307,34 +363,46 @@ def _plot_columns(ax: plt.Axes, runs: list[tuple[int, pd.DataFrame]], prefix: st
             keep = np.isfinite(x) & np.isfinite(y)
             if keep.any():
                 marker = "." if keep.sum() < 30 else None  # few points: make them visible
-                ax.plot(x[keep], y[keep], style, color=colours[column], marker=marker,
+                ax.plot(x[keep], y[keep], linestyle=styles[seed], color=colours[column], marker=marker,
                         label=f"{column} (seed {seed})")  # fmt: skip
+                drawn[column] = None
+                epochs.update(x[keep])
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # one epoch: its tick alone (the locator would put fractional ticks over each other)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True) if len(epochs) > 1 else FixedLocator(sorted(epochs)))
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7)
+        # colours name the columns here; the seeds' line styles are in the figure's legend
+        ax.legend(handles=[Line2D([], [], color=colours[c], label=c) for c in drawn], fontsize=7)
 
 
 def plot_training_curves(histories: dict[str, list[tuple[int, pd.DataFrame]]], out: Path) -> None:
-    """Per-epoch training histories: one row per stage, train_* left, val_* right.
+    """Per-epoch training histories: a train_* and a val_* panel per stage, side by side;
+    more than three stages go two to a row, so the figure stays about as wide as tall.
 
-    Colour is the column, line style the seed. ``lr`` and ``seconds`` are not plotted. A
-    stage without val_* columns (or without runs) gets an empty panel saying so.
+    Colour is the column (named in each panel), line style the seed (named once, above the
+    panels). ``lr`` and ``seconds`` are not plotted. A stage without val_* columns (or
+    without runs) gets an empty panel saying so.
     """
     stages = list(histories)
-    n = max(len(stages), 1)
-    fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n), squeeze=False)
-    for (ax_train, ax_val), stage in zip(axes, stages):
+    per_row = 2 if len(stages) > 3 else 1
+    panel = (3.8, 2.6) if per_row == 2 else (5.5, 3.2)
+    fig, flat = _panel_grid(2 * max(len(stages), 1), 2 * per_row, panel)
+    seeds = list(dict.fromkeys(seed for runs in histories.values() for seed, _ in runs))
+    styles = {seed: LINESTYLES[k % len(LINESTYLES)] for k, seed in enumerate(seeds)}
+    for k, stage in enumerate(stages):
+        ax_train, ax_val = flat[2 * k], flat[2 * k + 1]
         runs = histories[stage]
-        _plot_columns(ax_train, runs, "train_")
-        _plot_columns(ax_val, runs, "val_")
+        _plot_columns(ax_train, runs, "train_", styles)
+        _plot_columns(ax_val, runs, "val_", styles)
         ax_train.set_title(f"{stage}: training losses", fontsize=10)
         ax_val.set_title(f"{stage}: validation", fontsize=10)
     if not stages:
-        _no_data(axes[0, 0])
-        _no_data(axes[0, 1])
-    fig.tight_layout()
+        _no_data(flat[0])
+        _no_data(flat[1])
+    if seeds:
+        handles = [Line2D([], [], color="grey", linestyle=styles[seed], label=f"seed {seed}") for seed in seeds]
+        fig.legend(handles=handles, loc="outside upper center", ncol=len(seeds), fontsize=9)
     _save(fig, out)
 
 
@@ -357,7 +425,11 @@ def plot_prediction_panel(
     n = min(max_images, images.shape[0])
     ncols = 2 + len(conditions)
     nrows = max(n, 1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows + 0.4), squeeze=False)
+    # one row per image stays side by side for comparison; many conditions get smaller
+    # panels instead, so that the figure stays ~2,000 px wide at DPI 120
+    size = min(2.6, 16.5 / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    font = 9 if size >= 2 else 8
 
     results = {}
     for condition in conditions:
@@ -372,8 +444,8 @@ def plot_prediction_panel(
         axes[i, 0].imshow(images[i], cmap="gray")
         axes[i, 1].imshow(gt[i], cmap="gray", vmin=0, vmax=1)
         if i == 0:
-            axes[i, 0].set_title("image", fontsize=10)
-            axes[i, 1].set_title("ground truth", fontsize=10)
+            axes[i, 0].set_title("image", fontsize=font + 1)
+            axes[i, 1].set_title("ground truth", fontsize=font + 1)
         truth = gt[i] > 0.5
         for j, condition in enumerate(conditions):
             pred_bin, iou = results[condition][0][i], results[condition][1][i]
@@ -383,7 +455,7 @@ def plot_prediction_panel(
             rgb[~pred_bin & truth] = (0, 0.8, 0)
             ax = axes[i, 2 + j]
             ax.imshow(rgb, interpolation="nearest")
-            ax.set_title(f"{condition}\nIoU {iou:.3f}" if i == 0 else f"IoU {iou:.3f}", fontsize=9)
+            ax.set_title(f"{condition}\nIoU {iou:.3f}" if i == 0 else f"IoU {iou:.3f}", fontsize=font)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

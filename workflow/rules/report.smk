@@ -31,6 +31,8 @@ rule aggregate:
         # the report (test split, external sets) and the selection (validation split) apart
         csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
         markdown="results/tables/summary.md",
+        # the test split's few numbers to read first (`make demo` prints it)
+        headline=report("results/tables/headline.md", caption="../report/headline.rst", category="Summary"),
         selection_csv="results/tables/selection.csv",
         selection="results/tables/selection.md",
         **EXPANSION_TABLES,

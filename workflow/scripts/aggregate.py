@@ -1,6 +1,7 @@
 """Collect every evaluation (validation and test split, external sets, teachers) into one long
 table and write the selection table (validation split) and the report table (test split and
-external sets) apart, each summarised over seeds with a bootstrap over the images."""
+external sets) apart, each summarised over seeds with a bootstrap over the images; and the
+headline table, the test split's few numbers to read first."""
 
 from jobsetup import start_job
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from emkt.bootstrap import read_per_image_tables
 from emkt.files import atomic_path
+from emkt.headline import headline_markdown
 from emkt.tables import REPORT, SELECTION, read_long_tables, summary_table, to_markdown
 
 long = read_long_tables([*snakemake.input.students, *snakemake.input.external, *snakemake.input.teachers])
@@ -34,3 +36,6 @@ for (purpose, csv, markdown), chosen in tables.items():
         table.to_csv(tmp, index=False)
     with atomic_path(markdown) as tmp:
         Path(tmp).write_text(to_markdown(table))
+    if csv == out.csv:  # the report table of every network: its test split is the headline
+        with atomic_path(out.headline) as tmp:
+            Path(tmp).write_text(headline_markdown(table))
