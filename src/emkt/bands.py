@@ -30,7 +30,7 @@ import tifffile
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
-from .data import (DataFileError, _squeeze_2d, apply_palette, grey_histogram, grey_values, to_grey_uint8)
+from .data import DataFileError, _squeeze_2d, apply_palette, grey_histogram, grey_uint8, grey_values
 
 # Working memory per pixel of an image predicted whole (input, MONAI output and weights,
 # probability, mask and labels: measured in benchmarks/large_image.py), and of a band.
@@ -113,7 +113,7 @@ class LazyImage:
         band = np.asarray(self.array[start:stop])
         if self.colormap is not None:
             band = apply_palette(band, self.colormap)
-        return to_grey_uint8(band, self.path, value_range)[0]
+        return grey_uint8(band, self.path, value_range)[0]
 
 
 @contextmanager

@@ -74,10 +74,8 @@ def printable(text: str | Path) -> str:
 def _squeeze_2d(array: np.ndarray, path: str | Path, what: str, allow_rgb: bool) -> np.ndarray:
     """Drop leading singleton axes and a single trailing channel; a 3D stack (or RGB where
     not allowed) is an error."""
-    rgb_like = allow_rgb and array.ndim == 3 and array.shape[-1] in (3, 4)
-    while array.ndim > 2 and array.shape[0] == 1 and not rgb_like:  # a 1 x N RGB image keeps its row
+    while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
-        rgb_like = allow_rgb and array.ndim == 3 and array.shape[-1] in (3, 4)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     rgb = allow_rgb and array.ndim == 3 and array.shape[-1] in (3, 4)
@@ -95,7 +93,14 @@ def to_grey_uint8(array: np.ndarray, path: str | Path = "<array>",
     quantisation (8 bits, as EM images are acquired). ``value_range``: the (min, max) of the
     whole image when ``array`` is a band of it (emkt.bands), so bands convert as the whole would.
     """
-    grey, notes = grey_values(_squeeze_2d(array, path, "image", allow_rgb=True), path)
+    return grey_uint8(_squeeze_2d(array, path, "image", allow_rgb=True), path, value_range)
+
+
+def grey_uint8(array: np.ndarray, path: str | Path = "<array>",
+               value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, str]:
+    """``to_grey_uint8`` of an array that is already 2D or RGB(A), e.g. a band of rows (which
+    must not be squeezed: one row of an RGB image is not a grey image)."""
+    grey, notes = grey_values(array, path)
     if grey.dtype != np.uint8:
         low, high = value_range if value_range is not None else (grey.min(), grey.max())
         scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
