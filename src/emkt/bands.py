@@ -2,11 +2,13 @@
 
 Predicting an image in memory holds several float32 copies of it (the normalised input,
 MONAI's output and weight maps, the probability, the labels): ``IN_MEMORY_BYTES`` per pixel.
-An image over the budget is never loaded whole. Its TIFF is memory-mapped (or, if
-compressed, decoded into a temporary file first); a first pass over bands takes its
+An image over the budget is never loaded whole. Its TIFF is read by rows with plain file
+reads (if compressed, after tifffile decoded it into a temporary file); a first pass over bands takes its
 conversion range and histogram, so every band is converted and z-scored with the whole
-image's statistics; then each band is predicted with MONAI's sliding windows and written
-into memory-mapped outputs. A band holds exactly the windows that the whole image's window
+image's statistics; then each band is predicted with MONAI's sliding windows and its rows
+written into the uncompressed probability TIFF and a scratch mask file. Plain reads and
+writes rather than memory maps: pages of a memory map stay in the process's resident memory
+until it is unmapped, which for a 30,000 x 30,000 float32 map is 3.6 GB. A band holds exactly the windows that the whole image's window
 grid places over its output rows (``plan_bands``), so every pixel is the same Gaussian-
 weighted sum, in the same order, as in the whole-image prediction. Instances are labelled
 band by band and merged across the seams (``write_mask_and_instances``).
@@ -19,6 +21,7 @@ of one forward pass (as for any image), and the per-object tables of the instanc
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,12 +99,62 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
-@dataclass
-class LazyImage:
-    """A TIFF image as a read-only memory map (2D or RGB(A)), its palette, and where it is."""
+@dataclass(frozen=True)
+class RowFile:
+    """A row-major array stored raw in a file from byte ``offset`` (a TIFF's contiguous image
+    data, or a scratch file), read and written by rows with plain file I/O."""
 
     path: Path
-    array: np.ndarray
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def of_memmap(cls, array: np.memmap, shape: tuple[int, ...] | None = None) -> RowFile:
+        """Where a memory map's data are (the map itself is not read)."""
+        return cls(Path(array.filename), int(array.offset), tuple(shape or array.shape), array.dtype)
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Rows [start, stop) (a slice with step 1), read-only."""
+        start, stop, _ = rows.indices(self.shape[0])
+        with open(self.path, "rb") as file:
+            file.seek(self.offset + start * self.row_bytes)
+            data = file.read(max(stop - start, 0) * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, *self.shape[1:])
+
+    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
+        start, stop, _ = rows.indices(self.shape[0])
+        data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
+        if len(data) != (stop - start) * self.row_bytes:
+            raise ValueError(f"{self.path}: {len(data)} bytes for rows {start}:{stop}")
+        with open(self.path, "r+b") as file:
+            file.seek(self.offset + start * self.row_bytes)
+            file.write(data)
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, int], dtype, tiff: bool) -> RowFile:
+        """A new file of zeros: an uncompressed TIFF (tifffile writes its header), or raw."""
+        if tiff:
+            created = tifffile.memmap(path, shape=shape, dtype=dtype)
+            try:
+                return cls.of_memmap(created)
+            finally:
+                del created
+        with open(path, "wb") as file:
+            file.truncate(math.prod(shape) * np.dtype(dtype).itemsize)
+        return cls(path, 0, tuple(shape), np.dtype(dtype))
+
+
+@dataclass
+class LazyImage:
+    """A TIFF image (2D or RGB(A)) to read by rows, its palette, and where it is."""
+
+    path: Path
+    array: RowFile
     colormap: np.ndarray | None
 
     @property
@@ -110,7 +163,7 @@ class LazyImage:
 
     def grey(self, start: int, stop: int, value_range: tuple[float, float] | None) -> np.ndarray:
         """Rows [start, stop) as uint8 grey, converted with the whole image's ``value_range``."""
-        band = np.asarray(self.array[start:stop])
+        band = self.array[start:stop]
         if self.colormap is not None:
             band = apply_palette(band, self.colormap)
         return grey_uint8(band, self.path, value_range)[0]
@@ -118,25 +171,30 @@ class LazyImage:
 
 @contextmanager
 def open_lazily(path: str | Path, scratch: Path) -> Iterator[LazyImage]:
-    """The first series of a TIFF, memory-mapped when stored uncompressed, else decoded (by
-    tifffile, segment by segment) into a temporary file under ``scratch``."""
+    """The first series of a TIFF to read by rows: in place when stored uncompressed and
+    contiguous, else after tifffile decoded it (segment by segment, into a memory map whose
+    pages the kernel may reclaim) into a temporary file under ``scratch``."""
     path = Path(path)
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             colormap = page.colormap if page.photometric == tifffile.PHOTOMETRIC.PALETTE else None
             try:
-                array = tifffile.memmap(path, mode="r")
+                array = tifffile.memmap(path, mode="r")  # only to learn where the data are
             except ValueError:  # compressed or scattered: not memory-mappable
-                array = tif.series[0].asarray(out=tempfile.mkstemp(dir=scratch, suffix=".raw")[1])
+                fd, raw = tempfile.mkstemp(dir=scratch, suffix=".raw")
+                os.close(fd)
+                array = tif.series[0].asarray(out=raw)
+            squeezed = _squeeze_2d(np.broadcast_to(np.zeros((), np.uint8), array.shape), path, "image", allow_rgb=True)
+            rows = RowFile.of_memmap(array, squeezed.shape)
+            del array
+    except DataFileError:
+        raise
     except FileNotFoundError:
         raise DataFileError(f"{path}: file not found") from None
     except Exception as error:  # tifffile raises many types for truncated or foreign files
         raise DataFileError(f"{path}: unreadable TIFF ({error})") from error
-    try:
-        yield LazyImage(path, _squeeze_2d(array, path, "image", allow_rgb=True), colormap)
-    finally:
-        del array
+    yield LazyImage(path, rows, colormap)
 
 
 def grey_statistics(image: LazyImage, rows: int) -> tuple[tuple[float, float] | None, np.ndarray]:
@@ -147,16 +205,16 @@ def grey_statistics(image: LazyImage, rows: int) -> tuple[tuple[float, float] | 
     if image.colormap is None and image.array.dtype != np.uint8:
         low, high = math.inf, -math.inf
         for start in range(0, height, rows):
-            values, _ = grey_values(np.asarray(image.array[start:start + rows]), image.path)
+            values, _ = grey_values(image.array[start:start + rows], image.path)
             low, high = min(low, float(values.min())), max(high, float(values.max()))
         value_range = (low, high)
     histogram = sum(grey_histogram(image.grey(start, start + rows, value_range)) for start in range(0, height, rows))
     return value_range, histogram
 
 
-def write_mask_and_instances(mask: np.ndarray, mask_path: Path, instances_path: Path, min_size: int,
+def write_mask_and_instances(mask: np.ndarray | RowFile, mask_path: Path, instances_path: Path, min_size: int,
                              rows: int) -> dict:
-    """Write a (memory-mapped) uint8 0/255 mask and its instances as zlib-tiled TIFFs, reading
+    """Write a uint8 0/255 mask (an array or a RowFile) and its instances as zlib-tiled TIFFs, reading
     bands of ``rows`` rows (rounded to whole tiles); returns foreground_fraction and objects.
 
     The instances equal emkt.metrics.instances_from_probability of the whole mask: 8-connected

@@ -21,8 +21,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, image_size, open_lazily, plan_bands, rows_within,
-                    scratch_folder, write_mask_and_instances, grey_statistics)
+from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, RowFile, grey_statistics, image_size, open_lazily,
+                    plan_bands, rows_within, scratch_folder, write_mask_and_instances)
 from .checkpoints import check_normalisation
 from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, grey_histogram, histogram_moments,
                    normalise_image, printable, read_tiff, to_grey_uint8, zscore)
@@ -383,8 +383,8 @@ def _predict_in_bands(model: nn.Module, job: _Job, output_dir: Path, input_size:
                       threshold: float, min_size: int, overlap: float, batch_size: int, device: torch.device,
                       probability: str) -> dict:
     """Predict one TIFF too large for ``memory_mb`` band by band (emkt.bands); returns its row.
-    The probability goes into a memory-mapped TIFF, the mask into a scratch memory map from
-    which the zlib-tiled mask and instance TIFFs are written."""
+    The probability goes into an uncompressed TIFF, the mask into a scratch file from which
+    the zlib-tiled mask and instance TIFFs are written, all by rows."""
     paths = output_paths(output_dir, job.name)
     with scratch_folder(paths["mask"].parent) as scratch, open_lazily(job.source, scratch) as image:
         height, width = image.shape
@@ -393,9 +393,9 @@ def _predict_in_bands(model: nn.Module, job: _Job, output_dir: Path, input_size:
         bands = plan_bands(height, input_size, overlap, rows_within(memory_mb, width, BAND_BYTES))
         log.info("%s: %d x %d pixels, over the memory budget: predicted in %d bands", printable(job.source),
                  height, width, len(bands))
-        mask = np.memmap(scratch / "mask.raw", dtype=np.uint8, mode="w+", shape=(height, width))
+        mask = RowFile.create(scratch / "mask.raw", (height, width), np.uint8, tiff=False)
         with atomic_path(paths["probability"]) as tmp:
-            prob_out = tifffile.memmap(tmp, shape=(height, width), dtype=np.uint8 if probability == "uint8" else np.float32)
+            prob_out = RowFile.create(tmp, (height, width), np.uint8 if probability == "uint8" else np.float32, tiff=True)
             for band in bands:
                 grey = image.grey(band.start, band.stop, value_range)
                 prob = predict_tiles(model, grey[None], input_size, overlap, batch_size, device,
@@ -403,12 +403,9 @@ def _predict_in_bands(model: nn.Module, job: _Job, output_dir: Path, input_size:
                 kept = prob[band.out_start - band.start:band.out_stop - band.start]
                 prob_out[band.out_start:band.out_stop] = encode_probability(kept, probability)
                 mask[band.out_start:band.out_stop] = np.multiply(kept >= threshold, 255, dtype=np.uint8)
-            prob_out.flush()
-            del prob_out
             with atomic_path(paths["mask"]) as mask_tmp, atomic_path(paths["instances"]) as instances_tmp:
                 row = write_mask_and_instances(mask, mask_tmp, instances_tmp, min_size,
                                                rows_within(memory_mb, width, LABEL_BYTES))
-        del mask
     return {**row, "status": "ok"}
 
 
