@@ -217,8 +217,8 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     ``resume`` keeps images whose three outputs exist. Returns (and logs) the throughput.
 
     ``memory_mb`` bounds the image arrays in memory: images (and batches) whose estimate
-    (emkt.bands.IN_MEMORY_BYTES per pixel) exceeds it are TIFFs predicted in bands and written
-    through memory maps (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
+    (emkt.bands.IN_MEMORY_BYTES per pixel) exceeds it are TIFFs read, predicted and written in
+    bands of rows (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
     Every image is z-scored with exact float64 statistics (``exact_zscore``).
     """
     _check_settings(threshold, min_size, overlap, batch_size, probability)
@@ -238,9 +238,8 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
 
         budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
         todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record, budget_pixels))]
-        large = {job.source: size for job in todo if (size := image_size(job.source) if job.source.suffix.lower()
-                                                      in TIFF_SUFFIXES else _pillow_size(job.source))
-                 and size[0] * size[1] > budget_pixels}
+        sizes = {job.source: _header_size(job.source) for job in todo}  # None: the reader says why
+        large = {path: size for path, size in sizes.items() if size and size[0] * size[1] > budget_pixels}
         readable = _read_jobs([job for job in todo if job.source not in large], record)
         for batch in batches_by_shape(readable, lambda job: job.image.shape, batch_size,
                                       max(1, min(MAX_BATCH_PIXELS, budget_pixels))):
@@ -369,9 +368,11 @@ def _reason(error: DataFileError, path: Path) -> str:
     return printable(text.removeprefix(f"{path}: "))
 
 
-def _pillow_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of a PNG or JPEG from its header; None if Pillow cannot open it (the
-    whole-image reader then reports why)."""
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image from its header, without reading pixels; None if the header
+    is unreadable (the whole-image reader then reports why)."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return image_size(path)
     try:
         with Image.open(path) as image:
             return image.height, image.width
