@@ -53,6 +53,10 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
     predict.add_argument("--recursive", action="store_true", help="also segment the images of sub-folders")
     predict.add_argument("--resume", action="store_true",
                          help="keep the results of images an earlier run finished")
+    predict.add_argument("--memory-mb", type=float, default=4096,
+                         help="memory for image arrays, in MB: a TIFF whose prediction would need more is read, "
+                              "predicted and written in bands of rows, with the same result; model and runtime "
+                              "come on top (default: %(default)g)")
     predict.add_argument("--threads", type=int, default=None,
                          help=f"CPU threads (default: all available, here {available_cores()})")
     predict.set_defaults(run=run_predict)
@@ -75,7 +79,8 @@ def run_predict(args: argparse.Namespace) -> None:
     model, checkpoint = load_model(args.checkpoint, expected_kind=SEGMENTATION_KINDS)
     predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
-                   recursive=args.recursive, resume=args.resume)
+                   recursive=args.recursive, resume=args.resume,
+                   memory_mb=args.memory_mb)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,14 +39,36 @@ class ConversionError(DataFileError):
         self.reason = reason
 
 
-def read_tiff(path: str | Path) -> np.ndarray:
-    """The first series of a TIFF file; unreadable or truncated files raise DataFileError."""
+def read_tiff(path: str | Path, palette: bool = True) -> np.ndarray:
+    """The first series of a TIFF file; unreadable or truncated files raise DataFileError.
+
+    A palette (indexed-colour) image becomes its RGB colours when ``palette`` (images: its
+    indices are not grey values); masks pass False, as their indices are the labels.
+    """
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            array = tif.asarray()
+            colormap = tif.pages.first.colormap if tif.pages.first.photometric == tifffile.PHOTOMETRIC.PALETTE else None
     except FileNotFoundError:
         raise DataFileError(f"{path}: file not found") from None
     except Exception as error:  # tifffile raises many types for truncated or foreign files
         raise DataFileError(f"{path}: unreadable TIFF ({error})") from error
+    return apply_palette(array, colormap) if palette and colormap is not None else array
+
+
+def apply_palette(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """uint8 RGB colours of palette indices; TIFF colour maps hold 16-bit values (v x 256 or
+    v x 257 for 8-bit colours), as Pillow's conversion of a palette PNG gives them."""
+    colours = np.asarray(colormap).T
+    if colours.max(initial=0) > 255:
+        colours = colours >> 8
+    return colours.astype(np.uint8)[indices]
+
+
+def printable(text: str | Path) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 (which Python keeps as
+    surrogates) written as \\xNN escapes, so it can go into a CSV file or a log line."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _squeeze_2d(array: np.ndarray, path: str | Path, what: str, allow_rgb: bool) -> np.ndarray:
@@ -62,29 +84,46 @@ def _squeeze_2d(array: np.ndarray, path: str | Path, what: str, allow_rgb: bool)
     return array
 
 
-def to_grey_uint8(array: np.ndarray, path: str | Path = "<array>") -> tuple[np.ndarray, str]:
+def to_grey_uint8(array: np.ndarray, path: str | Path = "<array>",
+                  value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, str]:
     """A 2D uint8 grey image and a note of what was converted ("" when nothing was).
 
     RGB(A) is averaged to grey; any dtype other than uint8 is rescaled per image from its
     min-max to 0-255. Per-image z-scoring follows anyway, so the rescale only sets the
-    quantisation (8 bits, as EM images are acquired).
+    quantisation (8 bits, as EM images are acquired). ``value_range``: the (min, max) of the
+    whole image when ``array`` is a band of it (emkt.bands), so bands convert as the whole would.
     """
-    array = _squeeze_2d(array, path, "image", allow_rgb=True)
+    return grey_uint8(_squeeze_2d(array, path, "image", allow_rgb=True), path, value_range)
+
+
+def grey_uint8(array: np.ndarray, path: str | Path = "<array>",
+               value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, str]:
+    """``to_grey_uint8`` of an array that is already 2D or RGB(A), e.g. a band of rows (which
+    must not be squeezed: one row of an RGB image is not a grey image)."""
+    grey, notes = grey_values(array, path)
+    if grey.dtype != np.uint8:
+        low, high = value_range if value_range is not None else (grey.min(), grey.max())
+        scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+        grey = np.rint(scaled).astype(np.uint8)
+    return grey, "; ".join(notes)
+
+
+def grey_values(array: np.ndarray, path: str | Path = "<array>") -> tuple[np.ndarray, list[str]]:
+    """The grey values of a 2D or RGB(A) array and the conversion notes: uint8 when no rescale
+    is needed, else finite float64 values that to_grey_uint8 rescales by their min-max."""
     dtype, notes = array.dtype, []
     if array.ndim == 3:
         notes.append("rgb->grey")
         array = array[..., :3].astype(np.float64).mean(axis=-1)
         if dtype == np.uint8:
-            return np.rint(array).astype(np.uint8), notes[0]
+            return np.rint(array).astype(np.uint8), notes
     elif dtype == np.uint8:
-        return array, ""
+        return np.asarray(array), notes
     values = array.astype(np.float64)
     if not np.isfinite(values).all():
         raise ConversionError(f"{path}: image has NaN or infinite values", "non_finite")
-    low, high = values.min(), values.max()
-    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
     notes.append(f"{dtype}->uint8 min-max")
-    return np.rint(scaled).astype(np.uint8), "; ".join(notes)
+    return values, notes
 
 
 def to_labels(array: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
@@ -121,7 +160,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A 2D instance or binary mask as a {0, 1} uint8 array (any label > 0 is foreground)."""
-    return (to_labels(read_tiff(path), path) > 0).astype(np.uint8)
+    return (to_labels(read_tiff(path, palette=False), path) > 0).astype(np.uint8)
 
 
 def masks_from_labels(labels: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +180,24 @@ def normalise_image(image: np.ndarray) -> np.ndarray:
     """
     image = image.astype(np.float32)
     return (image - image.mean()) / max(float(image.std()), 1e-6)
+
+
+def grey_histogram(image: np.ndarray) -> np.ndarray:
+    """Counts of the 256 values of a uint8 image; summed over bands, the whole image's."""
+    return np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
+
+
+def histogram_moments(histogram: np.ndarray) -> tuple[float, float]:
+    """(mean, standard deviation) of a uint8 image from its histogram, in float64: the same
+    numbers whether the image was counted whole or band by band (emkt.bands)."""
+    values, total = np.arange(histogram.size, dtype=np.float64), float(histogram.sum())
+    mean = float((histogram * values).sum() / total)
+    return mean, float(np.sqrt((histogram * (values - mean) ** 2).sum() / total))
+
+
+def zscore(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """``normalise_image`` with given statistics (of the whole image, when ``image`` is a band)."""
+    return (image.astype(np.float32) - np.float32(mean)) / np.float32(max(std, 1e-6))
 
 
 def find_labelled_root(folder: str | Path, depth: int = 3) -> Path:
@@ -301,6 +358,9 @@ def ground_truth_instances(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
     instance count (emkt.indexing) comes from here too.
     """
     labels = np.where(valid > 0, labels, 0)
+    if labels.max(initial=0) > np.iinfo(np.int32).max:  # ids are arbitrary: keep them apart in int32
+        from skimage.segmentation import relabel_sequential
+        labels = relabel_sequential(labels)[0]
     foreground = labels[labels > 0]
     if foreground.size == 0 or foreground.min() == foreground.max():
         labels = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=int))[0]
@@ -336,7 +396,7 @@ def load_folder_images(index: pd.DataFrame, ignore_label: int | None = None) -> 
     items = []
     for row in index.itertuples():
         image, _ = to_grey_uint8(read_tiff(row.path), row.path)
-        labels = to_labels(read_tiff(row.mask), row.mask)
+        labels = to_labels(read_tiff(row.mask, palette=False), row.mask)
         if labels.shape != image.shape:
             raise DataFileError(f"{row.mask}: mask shape {labels.shape} differs from its image's {image.shape}")
         items.append(whole_image_item(f"{row.source}/{Path(row.path).name}", row.source, image, labels, ignore_label))

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, count_instances, find_labelled_root,
-                   ground_truth_instances, masks_from_labels, read_tiff, to_grey_uint8, to_labels)
+                   ground_truth_instances, masks_from_labels, printable, read_tiff, to_grey_uint8, to_labels)
 from .parallel import ordered_map
 from .screening import fingerprint, format_fingerprint, pixel_hash
 
@@ -38,7 +38,10 @@ REASONS = {
     "missing_mask": "image without a mask of the same name",
     "mask_without_image": "mask without an image of the same name",
     "shape_mismatch": "image and mask shapes differ",
+    "too_many_labels": "a mask with more than 65535 distinct labels (the store keeps uint16 labels)",
+    "bad_name": "a file name that is not valid UTF-8 (rename the file)",
 }
+MAX_LABELS = np.iinfo(np.uint16).max
 INDEX_COLUMNS = ["id", "set", "path", "mask", "source", "height", "width", "dtype", "conversion",
                  "foreground_fraction", "n_instances", "status", "pixel_hash", "fingerprint"]
 EXCLUDED_COLUMNS = ["set", "path", "reason", "detail"]
@@ -53,9 +56,12 @@ def _is_tiff(name: str) -> bool:
 
 
 def _tiffs_by_stem(folder: Path) -> dict[str, Path]:
+    """TIFF files by stem; a folder named like a TIFF is not a file and is left out."""
     if not folder.is_dir():
         return {}
-    return {Path(name).stem: folder / name for name in sorted(os.listdir(folder)) if _is_tiff(name)}
+    with os.scandir(folder) as entries:
+        names = sorted(entry.name for entry in entries if _is_tiff(entry.name) and entry.is_file())
+    return {Path(name).stem: folder / name for name in names}
 
 
 def find_labelled_pairs(root: str | Path) -> tuple[list[tuple[str, str, str]], list[tuple]]:
@@ -71,10 +77,11 @@ def find_labelled_pairs(root: str | Path) -> tuple[list[tuple[str, str, str]], l
             if stem in masks:
                 pairs.append((source.name, str(image), str(masks[stem])))
             else:
-                orphans.append(("labelled", str(image), "missing_mask", f"no {source.name}/masks/{stem}.tif(f)"))
+                orphans.append(("labelled", printable(image), "missing_mask",
+                                printable(f"no {source.name}/masks/{stem}.tif(f)")))
         for stem in sorted(set(masks) - set(images)):
-            orphans.append(("labelled", str(masks[stem]), "mask_without_image",
-                            f"no {source.name}/images/{stem}.tif(f)"))
+            orphans.append(("labelled", printable(masks[stem]), "mask_without_image",
+                            printable(f"no {source.name}/images/{stem}.tif(f)")))
     if not pairs and not orphans:
         raise DataFileError(f"{root}: no <source>/images/*.tif(f) found")
     return pairs, orphans
@@ -105,14 +112,19 @@ def find_pool_images(root: str | Path) -> list[tuple[str, str]]:
 
 def _load(path: str, as_mask: bool) -> tuple[np.ndarray, str, str]:
     """(array, original dtype, conversion); raises ConversionError with a reason code."""
+    if printable(path) != path:  # index.csv is UTF-8, and later rules open the files by its paths
+        raise ConversionError(f"{printable(path)}: file name is not valid UTF-8", "bad_name")
     if os.path.getsize(path) == 0:
         raise ConversionError(f"{path}: empty file", "empty_file")
     try:
-        raw = read_tiff(path)
+        raw = read_tiff(path, palette=not as_mask)
     except DataFileError as error:
         raise ConversionError(str(error), "unreadable") from None
     if as_mask:
-        return to_labels(raw, path), str(raw.dtype), ""
+        labels = to_labels(raw, path)
+        if labels.max(initial=0) > MAX_LABELS and np.unique(labels[labels > 0]).size > MAX_LABELS:
+            raise ConversionError(f"{path}: more than {MAX_LABELS} distinct labels", "too_many_labels")
+        return labels, str(raw.dtype), ""
     image, conversion = to_grey_uint8(raw, path)
     return image, str(raw.dtype), conversion
 
@@ -139,11 +151,11 @@ def inspect_labelled(pair: tuple[str, str, str], ignore_label: int | None = None
     try:
         image, dtype, conversion = _load(image_path, as_mask=False)
     except ConversionError as error:
-        return "excluded", (image_path, error.reason, str(error))
+        return "excluded", (printable(image_path), error.reason, str(error))
     try:
         labels = _load(mask_path, as_mask=True)[0]
     except ConversionError as error:
-        return "excluded", (mask_path, error.reason, f"mask of {image_path}: {error}")
+        return "excluded", (printable(mask_path), error.reason, f"mask of {printable(image_path)}: {error}")
     if image.shape != labels.shape:
         return "excluded", (image_path, "shape_mismatch",
                             f"image {image.shape} but mask {labels.shape} ({mask_path})")
@@ -158,7 +170,7 @@ def inspect_pool(item: tuple[str, str]) -> tuple[str, tuple]:
     try:
         image, dtype, conversion = _load(path, as_mask=False)
     except ConversionError as error:
-        return "excluded", (path, error.reason, str(error))
+        return "excluded", (printable(path), error.reason, str(error))
     return "ok", (path, "", source, image.shape[0], image.shape[1], dtype, conversion,
                   np.nan, np.nan, "converted" if conversion else "ok", *_signatures(image))
 

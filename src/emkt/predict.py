@@ -21,9 +21,11 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, RowFile, grey_statistics, image_size, open_lazily,
+                    plan_bands, rows_within, scratch_folder, write_mask_and_instances)
 from .checkpoints import check_normalisation
-from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, normalise_image, read_tiff,
-                   to_grey_uint8)
+from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, grey_histogram, histogram_moments,
+                   normalise_image, printable, read_tiff, to_grey_uint8, zscore)
 from .files import atomic_path
 from .metrics import instances_from_probability
 from .models import EnsembleSegmenter
@@ -44,11 +46,11 @@ def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], images: np
 
 
 def predict_tiles(model: nn.Module, tiles: np.ndarray, input_size: int, overlap: float, batch_size: int,
-                  device: torch.device) -> np.ndarray:
+                  device: torch.device, normalise: Callable[[np.ndarray], np.ndarray] = normalise_image) -> np.ndarray:
     """Foreground probabilities (float32) of uint8 pool tiles (N, T, T), each z-scored on its
-    own as the pool crops are in training."""
+    own (``normalise``) as the pool crops are in training."""
     model.eval()
-    images = np.stack([normalise_image(tile) for tile in tiles])
+    images = np.stack([normalise(tile) for tile in tiles])
     return torch.sigmoid(sliding_window(model, images, input_size, overlap, batch_size, device))[:, 0].numpy()
 
 
@@ -96,6 +98,9 @@ PROBABILITY_FORMATS = ("float32", "uint8")
 # and one sliding-window call gets at most this many: batching is for many small images,
 # a large image fills the accelerator on its own.
 MAX_BATCH_PIXELS = 2**24
+# Working memory for the image arrays of one sliding-window call (--memory-mb): above it an
+# image is predicted in bands (emkt.bands). The model and runtime come on top.
+DEFAULT_MEMORY_MB = 4096
 T = TypeVar("T")
 
 
@@ -127,6 +132,12 @@ class _Job:
     source: Path
     name: Path
     image: np.ndarray | None = None
+
+
+def exact_zscore(image: np.ndarray) -> np.ndarray:
+    """The per-image z-score of a uint8 image with float64 statistics from its histogram: what
+    a band of an image too large for memory gets too (emkt.bands), so both agree exactly."""
+    return zscore(image, *histogram_moments(grey_histogram(image)))
 
 
 def read_any_image(path: str | Path) -> np.ndarray:
@@ -195,7 +206,7 @@ def batches_by_shape(items: Iterable[T], shape: Callable[[T], tuple[int, ...]], 
 def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, output_dir: str | Path, *,
                    threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
                    device: torch.device | str = "cpu", probability: str = "float32", recursive: bool = False,
-                   resume: bool = False) -> PredictionSummary:
+                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB) -> PredictionSummary:
     """Segment every image of ``input_dir`` with ``model`` (from ``checkpoint``, as load_model returns).
 
     Writes, per image (its path relative to ``input_dir``, suffix .tiff: ``output_names``), the probability
@@ -204,8 +215,15 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     ``output_dir``/probability, /mask and /instances, each atomically; and ``predictions.csv``,
     one row per input file. Unreadable files are skipped with a warning and listed there;
     ``resume`` keeps images whose three outputs exist. Returns (and logs) the throughput.
+
+    ``memory_mb`` bounds the image arrays in memory: images (and batches) whose estimate
+    (emkt.bands.IN_MEMORY_BYTES per pixel) exceeds it are TIFFs read, predicted and written in
+    bands of rows (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
+    Every image is z-scored with exact float64 statistics (``exact_zscore``).
     """
     _check_settings(threshold, min_size, overlap, batch_size, probability)
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
     check_normalisation(checkpoint)  # inputs are z-scored per image, as in training
     input_dir, output_dir, device = Path(input_dir), Path(output_dir), torch.device(device)
     jobs, rows = _plan_jobs(input_dir, output_dir, recursive)
@@ -214,18 +232,37 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     start = time.perf_counter()
     with tqdm(total=len(jobs) + len(rows), desc="predict", unit="image") as progress, torch.inference_mode():
         def record(job: _Job, row: dict) -> None:
-            rows[job.source] = {"file": job.source.relative_to(input_dir).as_posix(),
-                                "output": job.name.as_posix(), **row}
+            rows[job.source] = {"file": printable(job.source.relative_to(input_dir).as_posix()),
+                                "output": printable(job.name.as_posix()), **row}
             progress.update()
 
-        todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record))]
-        readable = _read_jobs(todo, record)
-        for batch in batches_by_shape(readable, lambda job: job.image.shape, batch_size):
+        budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
+        todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record, budget_pixels))]
+        sizes = {job.source: _header_size(job.source) for job in todo}  # None: the reader says why
+        large = {path: size for path, size in sizes.items() if size and size[0] * size[1] > budget_pixels}
+        readable = _read_jobs([job for job in todo if job.source not in large], record)
+        for batch in batches_by_shape(readable, lambda job: job.image.shape, batch_size,
+                                      max(1, min(MAX_BATCH_PIXELS, budget_pixels))):
             probs = predict_tiles(model, np.stack([job.image for job in batch]), checkpoint["input_size"],
-                                  overlap, batch_size, device)
+                                  overlap, batch_size, device, exact_zscore)
             for job, prob in zip(batch, probs):
                 record(job, _write_outputs(output_dir, job.name, prob, threshold, min_size, probability))
                 pixels.append(prob.size)
+        for job in (job for job in todo if job.source in large):
+            height, width = large[job.source]
+            if job.source.suffix.lower() not in TIFF_SUFFIXES:
+                _skip(job, record, f"{height} x {width} pixels need more than the memory budget of {memory_mb:g} MB "
+                                   "and only TIFF images are read in bands (convert it to an uncompressed TIFF)")
+                continue
+            try:
+                row = _predict_in_bands(model, job, output_dir, checkpoint["input_size"], memory_mb, threshold=threshold,
+                                        min_size=min_size, overlap=overlap, batch_size=batch_size, device=device,
+                                        probability=probability)
+            except DataFileError as error:
+                _skip(job, record, _reason(error, job.source))
+                continue
+            record(job, row)
+            pixels.append(height * width)
     summary = _summary(pixels, rows, time.perf_counter() - start, device)
     _write_table(rows, output_dir / "predictions.csv")
     if summary.images + summary.resumed == 0:
@@ -286,14 +323,25 @@ def output_names(relative_paths: Sequence[Path]) -> list[Path]:
             for path, name in zip(relative_paths, names)]
 
 
-def _resumed(job: _Job, output_dir: Path, record: Callable[[_Job, dict], None]) -> bool:
+def _resumed(job: _Job, output_dir: Path, record: Callable[[_Job, dict], None], budget_pixels: int) -> bool:
     """Whether an earlier run left all three outputs of ``job`` (written atomically, so an
-    existing file is complete); if so its row is recorded from them."""
+    existing file is complete); if so its row is recorded from them, read in bands when
+    they are larger than ``budget_pixels``."""
     paths = output_paths(output_dir, job.name)
     if not all(p.is_file() for p in paths.values()):
         return False
-    mask, instances = tifffile.imread(paths["mask"]), tifffile.imread(paths["instances"])
-    record(job, {**_image_row(mask, instances), "status": "resumed"})
+    size = image_size(paths["mask"]) or (0, 0)
+    if size[0] * size[1] <= budget_pixels:
+        row = _image_row(tifffile.imread(paths["mask"]), tifffile.imread(paths["instances"]))
+    else:
+        rows = max(1, budget_pixels // size[1])
+        with scratch_folder(paths["mask"].parent) as scratch, open_lazily(paths["mask"], scratch) as mask, \
+                open_lazily(paths["instances"], scratch) as instances:
+            foreground = sum(int(np.count_nonzero(mask.array[r:r + rows])) for r in range(0, size[0], rows))
+            objects = max(int(instances.array[r:r + rows].max()) for r in range(0, size[0], rows))
+        row = {"height": size[0], "width": size[1], "foreground_fraction": foreground / (size[0] * size[1]),
+               "objects": objects}
+    record(job, {**row, "status": "resumed"})
     return True
 
 
@@ -303,16 +351,63 @@ def _read_jobs(jobs: Iterable[_Job], record: Callable[[_Job, dict], None]) -> It
         try:
             job.image = read_any_image(job.source)
         except DataFileError as error:
-            log.warning("skipped %s", error)
-            record(job, {"output": None, "status": f"skipped: {_reason(error, job.source)}"})  # nothing written
+            _skip(job, record, _reason(error, job.source))
             continue
         yield job
+
+
+def _skip(job: _Job, record: Callable[[_Job, dict], None], reason: str) -> None:
+    """Log and record a file that is not predicted (nothing is written for it)."""
+    log.warning("skipped %s: %s", printable(job.source), reason)
+    record(job, {"output": None, "status": f"skipped: {reason}"})
 
 
 def _reason(error: DataFileError, path: Path) -> str:
     """The error without the leading file name (the table has its own column), on one line."""
     text = " ".join(str(error).split())
-    return text.removeprefix(f"{path}: ")
+    return printable(text.removeprefix(f"{path}: "))
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image from its header, without reading pixels; None if the header
+    is unreadable (the whole-image reader then reports why)."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return image_size(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # Pillow raises several types for foreign, truncated or huge files
+        return None
+
+
+def _predict_in_bands(model: nn.Module, job: _Job, output_dir: Path, input_size: int, memory_mb: float, *,
+                      threshold: float, min_size: int, overlap: float, batch_size: int, device: torch.device,
+                      probability: str) -> dict:
+    """Predict one TIFF too large for ``memory_mb`` band by band (emkt.bands); returns its row.
+    The probability goes into an uncompressed TIFF, the mask into a scratch file from which
+    the zlib-tiled mask and instance TIFFs are written, all by rows."""
+    paths = output_paths(output_dir, job.name)
+    with scratch_folder(paths["mask"].parent) as scratch, open_lazily(job.source, scratch) as image:
+        height, width = image.shape
+        value_range, histogram = grey_statistics(image, rows_within(memory_mb, width, BAND_BYTES))
+        mean, std = histogram_moments(histogram)
+        bands = plan_bands(height, input_size, overlap, rows_within(memory_mb, width, BAND_BYTES))
+        log.info("%s: %d x %d pixels, over the memory budget: predicted in %d bands", printable(job.source),
+                 height, width, len(bands))
+        mask = RowFile.create(scratch / "mask.raw", (height, width), np.uint8, tiff=False)
+        with atomic_path(paths["probability"]) as tmp:
+            prob_out = RowFile.create(tmp, (height, width), np.uint8 if probability == "uint8" else np.float32, tiff=True)
+            for band in bands:
+                grey = image.grey(band.start, band.stop, value_range)
+                prob = predict_tiles(model, grey[None], input_size, overlap, batch_size, device,
+                                     lambda band_image: zscore(band_image, mean, std))[0]
+                kept = prob[band.out_start - band.start:band.out_stop - band.start]
+                prob_out[band.out_start:band.out_stop] = encode_probability(kept, probability)
+                mask[band.out_start:band.out_stop] = np.multiply(kept >= threshold, 255, dtype=np.uint8)
+            with atomic_path(paths["mask"]) as mask_tmp, atomic_path(paths["instances"]) as instances_tmp:
+                row = write_mask_and_instances(mask, mask_tmp, instances_tmp, min_size,
+                                               rows_within(memory_mb, width, LABEL_BYTES))
+    return {**row, "status": "ok"}
 
 
 def _write_outputs(output_dir: Path, name: Path, prob: np.ndarray, threshold: float, min_size: int,

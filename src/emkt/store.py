@@ -95,7 +95,7 @@ def cut_tiles(image: np.ndarray, tile: int) -> Iterator[tuple[int, int, np.ndarr
 def _read_labelled(paths: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     image_path, mask_path = paths
     image, _ = to_grey_uint8(read_tiff(image_path), image_path)
-    labels = to_labels(read_tiff(mask_path), mask_path)
+    labels = to_labels(read_tiff(mask_path, palette=False), mask_path)
     if labels.max(initial=0) > np.iinfo(np.uint16).max:
         from skimage.segmentation import relabel_sequential
 

@@ -11,6 +11,7 @@ rule predict_images:
     params:
         folder=lambda wildcards: PREDICT[wildcards.prediction]["dir"],
         probability=lambda wildcards: PREDICT[wildcards.prediction].get("probability", "float32"),
+        memory_mb=lambda wildcards: PREDICT[wildcards.prediction].get("memory_mb", 4096),
         evaluate=config["evaluate"],
     log:
         "results/logs/predict_images/{prediction}/{condition}_{seed}.log",

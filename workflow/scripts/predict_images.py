@@ -12,4 +12,5 @@ model, checkpoint = load_model(snakemake.input.model, expected_kind=SEGMENTATION
 ev = config["evaluate"]
 predict_folder(model, checkpoint, snakemake.params.folder, snakemake.output[0], threshold=ev["threshold"],
                min_size=ev["min_object_size"], overlap=ev["overlap"], batch_size=ev["batch_size"], device=device,
-               probability=snakemake.params.probability, recursive=True)
+               probability=snakemake.params.probability, recursive=True,
+               memory_mb=snakemake.params.memory_mb)
