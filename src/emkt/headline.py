@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from emkt.tables import COMPARED_MODELS, DATASET, KEPT_START, TEST_SET
+from .tables import COMPARED_MODELS, DATASET, KEPT_START, TEST_SET
 
 __all__ = ["HEADLINE_METRICS", "decimals", "format_count", "format_mean_sd", "headline_markdown"]
 
