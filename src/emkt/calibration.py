@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .evaluate import calibrated_meters
 from .metrics import ScoreHistogram, SegmentationMeter
 from .predict import sliding_window
 
@@ -110,21 +111,20 @@ def calibrate(model: nn.Module, items: list[dict], input_size: int, evaluate_cfg
     - ``histogram``: the calibrated validation probabilities per class (``ScoreHistogram``
       counts), from which a pseudo-label confidence is chosen later for any target precision.
     """
-    logits = validation_logits(model.to(device), items, input_size, evaluate_cfg["overlap"], evaluate_cfg["batch_size"], device)
+    logits = validation_logits(model.to(device), items, input_size, evaluate_cfg["overlap"],
+                               evaluate_cfg["batch_size"], device)
     temperature = fit_temperature(logits, items, seed)
-    raw, calibrated = (SegmentationMeter(evaluate_cfg["threshold"], evaluate_cfg["calibration_bins"])
-                       for _ in range(2))
-    histogram = ScoreHistogram()
+    raw = SegmentationMeter(evaluate_cfg["threshold"], evaluate_cfg["calibration_bins"])
     for logit, item in zip(logits, items):
-        valid = _valid(item)
-        for meter, prob in ((raw, _sigmoid(logit)), (calibrated, _sigmoid(logit / temperature))):
-            meter.update(torch.from_numpy(prob)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
-                         names=[item["name"]], valid=torch.from_numpy(valid)[None, None])
-        histogram.update(_sigmoid(logit / temperature), item["mask"], valid)
+        raw.update(torch.from_numpy(_sigmoid(logit))[None, None], torch.from_numpy(item["mask"])[None, None].float(),
+                   names=[item["name"]], valid=torch.from_numpy(_valid(item))[None, None])
+    histogram, calibrated = calibrated_meters(items, [_sigmoid(logit / temperature) for logit in logits],
+                                              evaluate_cfg["calibration_bins"])
+    raw_scores = raw.compute()
     threshold = histogram.best_threshold()
-    scores = {"temperature": temperature, "threshold": threshold, "iou": raw.compute()["iou"],
+    scores = {"temperature": temperature, "threshold": threshold, "iou": raw_scores["iou"],
               "iou_tuned": histogram.iou(threshold), "ap": histogram.average_precision(),
-              "ece": raw.compute()["ece"], "ece_calibrated": calibrated.compute()["ece"]}
+              "ece": raw_scores["ece"], "ece_calibrated": calibrated.compute()["ece"]}
     log.info("calibrated on %d validation images: %s", len(items),
              ", ".join(f"{key}={value:.4g}" for key, value in scores.items()))
     return {**scores, "images": len(items), "histogram": histogram.counts()}

@@ -46,16 +46,24 @@ def calibrated_scores(items: list[dict], probs: list[np.ndarray], calibration: d
     probabilities at its temperature, ``ap`` (threshold-free), and the ``threshold`` and
     ``temperature`` themselves, so that tables show what was applied."""
     temperature = float(calibration["temperature"])
-    histogram, meter = ScoreHistogram(), SegmentationMeter(num_bins=num_bins)
-    for item, prob in zip(items, probs):
-        scaled = rescale_probability(prob, temperature)
-        valid = item.get("valid")
-        histogram.update(scaled, item["mask"], valid)
-        meter.update(torch.from_numpy(scaled)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
-                     valid=None if valid is None else torch.from_numpy(valid)[None, None])
+    histogram, meter = calibrated_meters(items, [rescale_probability(prob, temperature) for prob in probs], num_bins)
     return {"iou_tuned": histogram.iou(calibration["threshold"]), "ap": histogram.average_precision(),
             "ece_calibrated": meter.compute()["ece"], "threshold": float(calibration["threshold"]),
             "temperature": temperature}
+
+
+def calibrated_meters(items: list[dict], calibrated_probs: list[np.ndarray], num_bins: int = 15
+                      ) -> tuple[ScoreHistogram, SegmentationMeter]:
+    """The score histogram (thresholds, AP) and the calibration meter (ECE) of calibrated
+    probability maps of ``items``, over their labelled pixels: what the validation calibration
+    and the test scores under it both measure."""
+    histogram, meter = ScoreHistogram(), SegmentationMeter(num_bins=num_bins)
+    for item, prob in zip(items, calibrated_probs):
+        valid = item.get("valid")
+        histogram.update(prob, item["mask"], valid)
+        meter.update(torch.from_numpy(prob)[None, None], torch.from_numpy(item["mask"])[None, None].float(),
+                     valid=None if valid is None else torch.from_numpy(valid)[None, None])
+    return histogram, meter
 
 
 def fine_tuning_scores(checkpoint: dict) -> dict[str, float]:
