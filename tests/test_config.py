@@ -80,3 +80,14 @@ def test_bad_values_name_the_key(paper_config, mutate, expected):
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     assert expected in str(error.value)
+
+
+def test_schema_ships_inside_the_package():
+    """A non-editable install validates configs too: the schema is package data, not a file in workflow/."""
+    import importlib.resources
+    import tomllib
+
+    shipped = importlib.resources.files("emkt") / "schemas" / "config.schema.yaml"
+    assert shipped.is_file()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "schemas/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["emkt"]
