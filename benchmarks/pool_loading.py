@@ -221,7 +221,7 @@ def peak_memory_of_pass(manifest: Path, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=100_000, help="pool size (at least 100,000 for the README)")
+    parser.add_argument("--images", type=int, default=100_000, help="pool size (at least 100,000 for the figures in docs/results/)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every measurement")
     parser.add_argument("--batch", type=int, default=256,
                         help="images per DataLoader batch of the reading passes (the DataLoader's per-batch "

@@ -2,8 +2,8 @@
 CEM-MitoLab-layout folder (index_data's build_index, then the external sets' reader
 load_folder_images) and in a prediction folder (predict_folder with a small memory budget).
 
-``CASES`` is the table in README.md ("Unusual and hostile inputs"); a test checks that the
-README lists exactly these rows. ``python tests/test_hostile_inputs.py`` prints the table.
+``CASES`` is the table in docs/data.md ("Unusual and hostile inputs"); a test checks that the
+doc lists exactly these rows. ``python tests/test_hostile_inputs.py`` prints the table.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ CASES = [
 UNREADABLE = "unreadable.tif"
 
 
-def readme_table() -> str:
-    """The README's table of these cases."""
+def docs_table() -> str:
+    """The table of these cases in docs/data.md."""
     def outcome(text: str, words: dict[str, str]) -> str:
         kind, _, detail = text.partition(": ")
         return words[kind].format(detail)
@@ -345,10 +345,10 @@ def test_predicted_pixels_are_the_documented_conversions(predicted):
     assert os.fsencode(f"{NON_UTF8}.tiff") in os.listdir(os.fsencode(out / "mask"))
 
 
-def test_readme_lists_every_case():
-    readme = (REPO / "README.md").read_text()
-    assert readme_table() in readme, "README table out of date: python tests/test_hostile_inputs.py prints it"
+def test_docs_list_every_case():
+    doc = (REPO / "docs" / "data.md").read_text()
+    assert docs_table() in doc, "docs/data.md table out of date: python tests/test_hostile_inputs.py prints it"
 
 
 if __name__ == "__main__":
-    sys.exit(print(readme_table()))
+    sys.exit(print(docs_table()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import torch
 import yaml
 
 from conftest import REPO, SHARED_DATA, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
+from docs_text import NOT_DEMO_PATHS, demo_result_paths, touch_example
 from emkt.checkpoints import load_checkpoint
 from emkt.resume import HOLD_ENV
 from loopback import LoopbackServer
@@ -277,10 +277,9 @@ def test_demo_run_segments_the_new_images_folder(demo_run):
 
 
 def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_run):
-    # the README's example, as it is written there: the file it touches and the jobs it lists
-    readme = (REPO / "README.md").read_text()
-    touched = re.search(r"^touch (results/models/\S+\.pth)$", readme, re.MULTILINE).group(1)
-    listed = re.search(r"# lists evaluate_model, evaluate_teacher x(\d+), aggregate, plots", readme)
+    # the example in docs/pipeline.md ("Regenerating results"), as it is written there: the
+    # file it touches and the evaluate_teacher jobs it lists
+    touched, teacher_jobs = touch_example()
     models = demo_run / "results" / "models"
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     (demo_run / touched).touch()
@@ -289,7 +288,7 @@ def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_r
     assert not TRAINING_RULES & set(jobs)
     # the demo run also has an external set: one more evaluation of the touched network
     assert {rule: jobs[rule] for rule in ("evaluate_model", "evaluate_external", "evaluate_teacher", "aggregate")} == \
-        {"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": int(listed.group(1)), "aggregate": 1}
+        {"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": teacher_jobs, "aggregate": 1}
     assert {rule for rule in jobs if not rule.startswith(("evaluate_", "plot_"))} == {"aggregate", "all"}
     snakemake(demo_run, DEMO)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
@@ -299,41 +298,14 @@ def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_r
     assert "nothing to be done" in (again.stdout + again.stderr).lower()
 
 
-# README paths that are not the demo's: examples of a user's own config, or files written only
-# when something fails.
-NOT_DEMO_PATHS = {
-    "results/predictions/my_cells/expanded_committee_0/": "a user's predict: entry",
-    "results/predictions/my_cells/baseline_0/": "a user's predict: entry",
-    "results/logs/index_data.excluded.csv": "written only when too many files are excluded",
-}
-
-
-def readme_result_paths(text: str) -> set[str]:
-    """Every concrete path under results/ that the README shows, with {a,b} alternatives
-    expanded; paths with placeholders ({seed}, <name>, *, NNNNN) are patterns, not files."""
-    paths = set()
-    for token in re.findall(r"results/[^\s`)|'\"\]]*", text):
-        token = token.rstrip(".,:;")
-        if any(mark in token for mark in ("<", "*", "NNNNN")):
-            continue
-        expanded = [token]
-        while any("{" in path for path in expanded):
-            path = next(p for p in expanded if "{" in p)
-            start, end = path.index("{"), path.index("}")
-            options = path[start + 1:end].split(",")
-            if len(options) < 2:  # a placeholder such as {seed}
-                expanded = [p for p in expanded if p != path]
-                continue
-            expanded = [p for p in expanded if p != path] + [path[:start] + o + path[end + 1:] for o in options]
-        paths.update(expanded)
-    return paths
-
-
-def test_every_results_path_the_readme_shows_is_written_by_the_demo(demo_run):
-    paths = readme_result_paths((REPO / "README.md").read_text())
-    assert "results/models/student_expanded_committee_0.pth" in paths and "results/tables/selection.md" in paths
-    missing = sorted(path for path in paths - set(NOT_DEMO_PATHS) if not (demo_run / path).exists())
-    assert not missing, f"the README shows paths the demo does not write: {missing}"
+def test_every_results_path_the_docs_show_is_written_by_the_demo(demo_run):
+    # README.md and docs/*.md, not docs/results/ (studies in their own folders) nor the
+    # generated configuration reference (tests/docs_text.py: demo_docs)
+    shown = demo_result_paths()
+    assert "results/models/student_expanded_committee_0.pth" in shown and "results/tables/selection.md" in shown
+    missing = {path: pages for path, pages in sorted(shown.items())
+               if path not in NOT_DEMO_PATHS and not (demo_run / path).exists()}
+    assert not missing, f"the docs show paths the demo does not write (path: pages): {missing}"
 
 
 def zip_tree(folder: Path, archive: Path, top: str) -> Path:

@@ -4,7 +4,7 @@ Why: reading 1.6 M small TIFFs one by one costs a file open and a TIFF parse per
 and that, not the pixels, is what limits the expansion stage. Packed shards turn each read
 into one ``pread`` at a known offset.
 
-Format (uint8 raw shards, no compression; the README says why not zarr):
+Format (uint8 raw shards, no compression; docs/data.md says why not zarr):
 
 - Labelled set (varied sizes, with instance masks): ``labelled/shard-NNNNN.bin`` holds, per
   image, its uint8 pixels then its uint16 instance labels, row-major; the table
