@@ -1,17 +1,20 @@
 """The documentation on its own, without a workflow run (seconds): the generated configuration
-reference is current, links resolve, commands name real Makefile targets, and the text that
-the workflow tests read against a demo run (results/ paths, the touch example) is where they
-look for it."""
+reference is current, links resolve, commands name real Makefile targets, config examples
+pass the config check, and the text that the workflow tests read against a demo run
+(results/ paths, the touch example) is where they look for it."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import yaml
 
+from conftest import merged
 from docs_text import (CONFIG_REFERENCE, DOCS, NOT_DEMO_PATHS, README, REPO, RESULTS_DOCS, TOUCH_EXAMPLE_DOC,
                        all_docs, anchors, demo_docs, demo_result_paths, make_targets, makefile_targets,
                        relative_links, result_paths, slug, touch_example, without_code)
-from emkt.config import load_schema
+from emkt.config import load_schema, validate_config
 from emkt.config_reference import REGENERATE, main, render_config_reference
 
 
@@ -174,3 +177,15 @@ def test_touch_example_is_in_the_pipeline_doc():
     with pytest.raises(ValueError, match="no touch example"):
         touch_example("nothing here")
 
+
+
+def test_every_yaml_example_of_the_docs_is_a_valid_config_override():
+    """The config snippets (```yaml blocks) of README.md and docs/, each on top of config.yaml
+    as a --configfile would put it, pass the config check."""
+
+    paper = yaml.safe_load((REPO / "config.yaml").read_text())
+    examples = [(page, block) for page in all_docs()
+                for block in re.findall(r"^```yaml\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)]
+    assert any("source: folder" in block for page, block in examples if page == README)
+    for page, block in examples:
+        validate_config(merged(paper, yaml.safe_load(block)))
