@@ -7,7 +7,7 @@ config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.store import SoftLabelStore
-from emkt.train import distill_from_soft_labels
+from emkt.training.distillation import distill_from_soft_labels
 
 student = distill_from_soft_labels(config, seed, data_files(snakemake, config),
                                    SoftLabelStore(snakemake.input.soft_labels), snakemake.output.history, device, resume)

@@ -8,7 +8,7 @@ config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import kept_epoch_extra, load_model
-from emkt.train import expand_student
+from emkt.training.expansion import expand_student
 
 student, _ = load_model(snakemake.input.student, expected_kind="student")
 teachers = [load_model(path, expected_kind="teacher")[0] for path in snakemake.input.teachers]

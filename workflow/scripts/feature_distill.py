@@ -7,7 +7,7 @@ config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model
-from emkt.train import feature_distill
+from emkt.training.distillation import feature_distill
 
 teacher, _ = load_model(snakemake.input.teacher, expected_kind=SEGMENTATION_KINDS)
 student = feature_distill(config, seed, data_files(snakemake, config), teacher, snakemake.output.history, device, resume)

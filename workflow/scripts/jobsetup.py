@@ -85,7 +85,7 @@ def training_checkpointing(snakemake, config: dict, seed: int):
 def data_files(snakemake, config: dict):
     """The split, the labelled store and (when an input) the pool store of a job, with the
     config's ignore label: what every training and evaluation job reads."""
-    from emkt.train import DataFiles
+    from emkt.store import DataFiles
 
     inputs = snakemake.input
     return DataFiles(inputs.split, inputs.labelled, getattr(inputs, "pool", None), config["data"]["ignore_label"])

@@ -9,7 +9,7 @@ resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import load_model, save_model
 from emkt.models import teacher_arch
-from emkt.train import joint_train
+from emkt.training.teacher import joint_train
 
 pretrained, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
 files = data_files(snakemake, config)

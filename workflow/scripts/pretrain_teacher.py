@@ -8,7 +8,7 @@ resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.checkpoints import save_model
 from emkt.models import teacher_arch
-from emkt.train import pretrain_teacher
+from emkt.training.teacher import pretrain_teacher
 
 kind = snakemake.params.kind
 files = data_files(snakemake, config)

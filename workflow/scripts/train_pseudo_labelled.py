@@ -11,7 +11,7 @@ import logging
 from emkt.calibration import pseudo_label_threshold
 from emkt.checkpoints import kept_epoch_extra, load_checkpoint, load_model
 from emkt.models import build_student
-from emkt.train import self_train
+from emkt.training.self_training import self_train
 
 settings = config["pseudo_label"]
 threshold = pseudo_label_threshold(settings["threshold"], settings["target_precision"],

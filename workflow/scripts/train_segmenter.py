@@ -8,7 +8,7 @@ config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
 from emkt.models import build_segmenter
-from emkt.train import train_segmenter
+from emkt.training.supervised import train_segmenter
 
 arch = config["segmenters"][name]
 model = train_segmenter(config, seed, data_files(snakemake, config), build_segmenter(arch, config["input_size"]),

@@ -6,7 +6,7 @@ seed = int(snakemake.wildcards.seed)
 config, device = start_training_job(snakemake, seed)
 resume = training_checkpointing(snakemake, config, seed)
 
-from emkt.train import train_student_baseline
+from emkt.training.supervised import train_student_baseline
 
 files = data_files(snakemake, config)
 student = train_student_baseline(config, seed, files, snakemake.output.history, device, resume)
