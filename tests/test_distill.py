@@ -18,7 +18,7 @@ from emkt.datasets import PoolCrops
 from emkt.metrics import agreement_with_reference, count_objects
 from emkt.models import (EnsembleSegmenter, FeatureProjection, FeatureTap, build_segmenter, build_student,
                          probability_logit)
-from emkt.predict import soft_labels, write_pseudo_labels
+from emkt.inference import soft_labels, write_pseudo_labels
 from emkt.runtime import seed_everything
 from emkt.store import LabelledStore, SoftLabelStore, TileStore, write_manifest, write_soft_labels
 from emkt.training.distillation import distill_from_soft_labels, feature_distill
