@@ -45,7 +45,6 @@ from .files import atomic_path
 from .parallel import ordered_map
 
 FORMAT_VERSION = 1
-SETS = ("labelled", "pool", "pseudo")
 SOFT_LABEL_COLUMNS = ["id", "height", "width", "offset"]
 # uint8 quantisation of soft labels: probabilities in [0, 1], standard deviations in [0, 0.5].
 MEAN_SCALE, SD_SCALE = 255.0, 510.0
