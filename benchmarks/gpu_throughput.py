@@ -4,7 +4,7 @@ precision and torch.compile: a table to paste into an issue.
 For each network of config.yaml (the ViT-B/16 student, the Critic teacher) and each setting
 (float32 or the mixed precision of train.amp 'auto', eager or compiled), a fresh model
 trains on random batches in memory through the project's runtime (emkt.acceleration): the
-student with the baseline's BCE step (emkt.train.segmenter_epoch), the teacher with the
+student with the baseline's BCE step (emkt.training.supervised.segmenter_epoch), the teacher with the
 pretraining regression step. Warm-up steps (compilation included) are not timed.
 
 Without a GPU it says so and measures the CPU: bf16 autocast stands in for mixed precision,
@@ -33,7 +33,8 @@ from emkt.acceleration import Runtime, amp_dtype  # noqa: E402
 from emkt.config import load_config  # noqa: E402
 from emkt.models import build_student, build_teacher  # noqa: E402
 from emkt.runtime import seed_everything  # noqa: E402
-from emkt.train import MeanTracker, make_optimizer, segmenter_epoch  # noqa: E402
+from emkt.training.loop import MeanTracker, make_optimizer  # noqa: E402
+from emkt.training.supervised import segmenter_epoch  # noqa: E402
 
 
 def teacher_epoch(train_teacher, batches, update, runtime: Runtime) -> None:

@@ -3,8 +3,8 @@
 In one run, at config.yaml's settings (224x224 crops, batch 16, augmentation on,
 loader.num_workers workers, pinned memory on a GPU):
 
-1. loader: images/s of the training loader alone (emkt.train.labelled_data: packed store,
-   z-scoring, random crops, MONAI augmentation, collation), no training;
+1. loader: images/s of the training loader alone (emkt.training.loaders.labelled_data:
+   packed store, z-scoring, random crops, MONAI augmentation, collation), no training;
 2. step: images/s of the baseline student's training step alone (ViT-B/16 by default) on
    batches already in memory;
 3. both: images/s of the real loop (the loader feeding the step).
@@ -37,9 +37,11 @@ from emkt.data import split_index  # noqa: E402
 from emkt.indexing import build_index  # noqa: E402
 from emkt.models import build_student  # noqa: E402
 from emkt.runtime import select_device, seed_everything  # noqa: E402
-from emkt.store import pack_store  # noqa: E402
+from emkt.store import DataFiles, pack_store  # noqa: E402
 from emkt.synthetic import generate_labelled_set  # noqa: E402
-from emkt.train import DataFiles, labelled_data, make_optimizer, segmenter_epoch  # noqa: E402
+from emkt.training.loaders import labelled_data  # noqa: E402
+from emkt.training.loop import make_optimizer  # noqa: E402
+from emkt.training.supervised import segmenter_epoch  # noqa: E402
 
 
 def prepare(folder: Path, images: int, side: int) -> DataFiles:

@@ -7,7 +7,7 @@ worker count for both:
 - images/s of a random-order pass reading raw uint8 tiles from the store vs. the same images
   as individual TIFFs with tifffile, with the page cache warm and cold (files evicted with
   posix_fadvise before the pass);
-- images/s of the expansion stage's real loader (emkt.data.PoolCrops: read, z-score, crop);
+- images/s of the expansion stage's real loader (emkt.datasets.PoolCrops: read, z-score, crop);
 - peak memory (summed PSS of the main process and its workers) of a full pass over the
   store with the training loader, for the pool and for a pool 10x smaller.
 

@@ -1,9 +1,9 @@
 """Training-step overhead: the project's training loop vs. a bare PyTorch loop.
 
 Same model, same optimiser, same batches already in (host) memory, in one run. The project
-loop is emkt.train.segmenter_epoch, the step of the baseline student and the segmenters,
-under the stages' progress bar: batch copy through the Runtime, autocast context, the
-per-image BCE over labelled pixels, the optimiser step through an Update (grad scaler),
+loop is emkt.training.supervised.segmenter_epoch, the step of the baseline student and the
+segmenters, under the stages' progress bar: batch copy through the Runtime, autocast context,
+the per-image BCE over labelled pixels, the optimiser step through an Update (grad scaler),
 the epoch-mean tracker. The bare loop
 is `model(x)`, `F.binary_cross_entropy_with_logits`, `zero_grad/backward/step`. Rounds
 alternate (bare, project, bare, ...) after a warm-up, and the medians are compared.
@@ -32,7 +32,8 @@ from emkt.acceleration import Runtime  # noqa: E402
 from emkt.config import load_config  # noqa: E402
 from emkt.models import build_student  # noqa: E402
 from emkt.runtime import select_device, seed_everything  # noqa: E402
-from emkt.train import make_optimizer, progress, segmenter_epoch  # noqa: E402
+from emkt.training.loop import make_optimizer, progress  # noqa: E402
+from emkt.training.supervised import segmenter_epoch  # noqa: E402
 
 
 def synchronise(device: torch.device) -> None:

@@ -109,7 +109,7 @@ def prepare_data(labelled_dir: Path, pool_dir: Path | None, out: Path, config: d
     from emkt.data import split_index
     from emkt.indexing import build_index
     from emkt.store import pack_store
-    from emkt.train import DataFiles
+    from emkt.store import DataFiles
 
     index, _ = build_index(labelled_dir, pool_dir)
     labelled = index[index["set"] == "labelled"].reset_index(drop=True)

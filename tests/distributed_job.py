@@ -17,7 +17,8 @@ import torch  # noqa: E402
 from emkt.distributed import init_process_group, relaunch, shutdown  # noqa: E402
 from emkt.resume import Checkpointing  # noqa: E402
 from emkt.runtime import seed_everything, select_device, set_threads  # noqa: E402
-from emkt.train import DataFiles, joint_train, pretrain_teacher, train_student_baseline  # noqa: E402
+from emkt.store import DataFiles  # noqa: E402
+from emkt.training import joint_train, pretrain_teacher, train_student_baseline  # noqa: E402
 
 job = json.loads(Path(sys.argv[1]).read_text())
 config = job["config"]

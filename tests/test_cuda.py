@@ -17,11 +17,11 @@ from emkt.costs import inference_cost
 from emkt.data import normalise_image
 from emkt.evaluate import evaluate_segmenter
 from emkt.models import EnsembleSegmenter, build_segmenter
-from emkt.predict import soft_labels, write_pseudo_labels
+from emkt.inference import soft_labels, write_pseudo_labels
 from emkt.runtime import select_device
 from emkt.store import LabelledStore, SoftLabelStore, write_manifest, write_soft_labels
-from emkt.train import (distill_from_soft_labels, expand_student, feature_distill, joint_train, pretrain_teacher,
-                        self_train, train_segmenter, train_student_baseline)
+from emkt.training import (distill_from_soft_labels, expand_student, feature_distill, joint_train, pretrain_teacher,
+                           self_train, train_segmenter, train_student_baseline)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 GPU = torch.device("cuda")

@@ -9,7 +9,7 @@ from emkt.augment import train_augmentation
 from emkt.datasets import LabelledCrops
 from emkt.data import (ConversionError, DataFileError, find_labelled_root, ground_truth_instances, load_folder_images,
                        load_whole_images, masks_from_labels,
-                       normalise_image, random_crop, read_image, read_mask, read_split, split_index, to_grey_uint8,
+                       normalise_image, random_crop, read_split, read_tiff, split_index, to_grey_uint8,
                        to_labels)
 from emkt.evaluate import score_instances
 from emkt.indexing import build_index
@@ -150,15 +150,17 @@ def test_conversions_to_grey_uint8():
 
 
 def test_readers(tmp_path):
+    """Files read and converted as the packed store reads them (emkt.store)."""
     tifffile.imwrite(tmp_path / "rgb.tif", np.full((8, 9, 3), 255, dtype=np.uint8))
-    assert read_image(tmp_path / "rgb.tif").shape == (8, 9)
+    assert to_grey_uint8(read_tiff(tmp_path / "rgb.tif"))[0].shape == (8, 9)
     tifffile.imwrite(tmp_path / "u16.tif", np.array([[0, 65535]], dtype=np.uint16))
-    assert read_image(tmp_path / "u16.tif").max() == pytest.approx(1.0)
+    assert to_grey_uint8(read_tiff(tmp_path / "u16.tif"))[0].max() == 255
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(DataFileError, match="bad.tif: unreadable TIFF"):
-        read_image(tmp_path / "bad.tif")
+        read_tiff(tmp_path / "bad.tif")
     tifffile.imwrite(tmp_path / "inst.tif", np.array([[0, 3], [7, 0]], dtype=np.uint16))
-    assert read_mask(tmp_path / "inst.tif").tolist() == [[0, 1], [1, 0]]
+    labels = to_labels(read_tiff(tmp_path / "inst.tif", palette=False))
+    assert (labels > 0).astype(np.uint8).tolist() == [[0, 1], [1, 0]]
     z = normalise_image(np.arange(16, dtype=np.float32).reshape(4, 4))
     assert z.mean() == pytest.approx(0, abs=1e-6) and z.std() == pytest.approx(1, abs=1e-5)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import merged
-import emkt.train
+import emkt.training.validation
 from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, kept_epoch_extra, load_model, save_model
 from emkt.config import ConfigError, validate_config
 from emkt.costs import inference_cost
@@ -18,10 +18,11 @@ from emkt.datasets import PoolCrops
 from emkt.metrics import agreement_with_reference, count_objects
 from emkt.models import (EnsembleSegmenter, FeatureProjection, FeatureTap, build_segmenter, build_student,
                          probability_logit)
-from emkt.predict import soft_labels, write_pseudo_labels
+from emkt.inference import soft_labels, write_pseudo_labels
 from emkt.runtime import seed_everything
 from emkt.store import LabelledStore, SoftLabelStore, TileStore, write_manifest, write_soft_labels
-from emkt.train import distill_from_soft_labels, feature_distill, self_train
+from emkt.training.distillation import distill_from_soft_labels, feature_distill
+from emkt.training.self_training import self_train
 
 CPU = torch.device("cpu")
 VIT = {"patch_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2, "deconv_chns": 8,
@@ -211,7 +212,7 @@ def test_self_training_from_a_trained_student_keeps_its_start_when_no_epoch_beat
         iou = next(scores)
         return {"iou": iou, "dice": 2 * iou / (1 + iou), "bce": 1.0 - iou, "predicted_fraction": 0.2}, []
 
-    monkeypatch.setattr(emkt.train, "student_validation", validation)
+    monkeypatch.setattr(emkt.training.validation, "student_validation", validation)
     kept = self_train(tiny_config, 0, tiny_data, manifest, start, tmp_path / "self.csv", CPU, from_trained=True,
                       threshold=0.9)
     history = pd.read_csv(tmp_path / "self.csv")

@@ -25,7 +25,8 @@ from emkt.distributed import ProcessGroup, global_batch_slices, local_batch_size
 from emkt.models import build_segmenter, build_student, build_teacher
 from emkt.resume import Checkpointing
 from emkt.runtime import seed_everything
-from emkt.train import EpochSampler, train_student_baseline
+from emkt.training.loaders import EpochSampler
+from emkt.training.supervised import train_student_baseline
 
 CPU = torch.device("cpu")
 JOB = Path(__file__).with_name("distributed_job.py")

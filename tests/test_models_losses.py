@@ -10,7 +10,8 @@ from emkt.data import masks_from_labels
 from emkt.losses import (PROB_EPS, per_image_kl_with_logits, per_image_loss, per_image_loss_of_prob, per_image_mse,
                          pixel_loss_of_prob)
 from emkt.models import build_student, build_teacher, freeze
-from emkt.train import probability_sums, teacher_regression
+from emkt.training.teacher import teacher_regression
+from emkt.training.validation import probability_sums
 
 
 def test_per_image_loss_of_prob_matches_hand_values():

@@ -10,9 +10,11 @@ from conftest import merged
 from emkt.models import ErrorMapPredictor
 from emkt.runtime import seed_everything
 from emkt.resume import Checkpointing, fingerprint
-from emkt.train import (CollapseGuard, Committee, EpochSampler, ExpansionGuard, Selection, TrainingCollapsed, check_finite,
-                        expand_student, fit, joint_train, labelled_foreground_fraction, pretrain_teacher,
-                        train_student_baseline)
+from emkt.training.expansion import Committee, ExpansionGuard, expand_student, labelled_foreground_fraction
+from emkt.training.loaders import EpochSampler
+from emkt.training.loop import CollapseGuard, Selection, TrainingCollapsed, check_finite, fit
+from emkt.training.supervised import train_student_baseline
+from emkt.training.teacher import joint_train, pretrain_teacher
 
 CPU = torch.device("cpu")
 
@@ -145,10 +147,10 @@ class Interrupt(Exception):
 
 def run_interrupted(monkeypatch, after_epochs: int, run):
     """Run ``run()`` but stop it when validation is called for epoch ``after_epochs + 1``."""
-    import emkt.train as train_module
+    import emkt.training.validation as validation_module
 
     calls = {"n": 0}
-    real = train_module.student_validation
+    real = validation_module.student_validation
 
     def validation(*args, **kwargs):
         calls["n"] += 1
@@ -157,7 +159,7 @@ def run_interrupted(monkeypatch, after_epochs: int, run):
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "student_validation", validation)
+        patch.setattr(validation_module, "student_validation", validation)
         with pytest.raises(Interrupt):
             run()
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .evaluate import calibrated_meters
+from .inference import sliding_window
 from .metrics import ScoreHistogram, SegmentationMeter
-from .predict import sliding_window
 
 log = logging.getLogger(__name__)
 

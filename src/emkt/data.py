@@ -1,4 +1,4 @@
-"""Reading EM images and masks, splitting, and the training datasets.
+"""Reading EM images and masks, normalising them, splitting, and whole images for evaluation.
 
 Layout read by emkt.indexing (CEM-MitoLab, EMPIAR-11037):
     <labelled_dir>/<source>/images/<name>.tif(f)   2D grey image
@@ -150,17 +150,6 @@ def find_images(folder: str | Path, recursive: bool = False, suffixes: tuple[str
     return sorted(p for p in candidates
                   if p.suffix.lower() in suffixes and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """A 2D grey image as float32 in [0, 1], converted exactly as the packed store does."""
-    image, _ = to_grey_uint8(read_tiff(path), path)
-    return image.astype(np.float32) / 255.0
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """A 2D instance or binary mask as a {0, 1} uint8 array (any label > 0 is foreground)."""
-    return (to_labels(read_tiff(path, palette=False), path) > 0).astype(np.uint8)
 
 
 def masks_from_labels(labels: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray]:

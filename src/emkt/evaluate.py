@@ -1,4 +1,6 @@
-"""Whole-image inference and the evaluation of students and teachers on a split."""
+"""The evaluation of students and teachers on whole images: pixel, calibration and object
+metrics of a segmenter's probability maps (from emkt.inference), their scores under a
+calibration chosen on validation, and how well a teacher predicts a student's loss."""
 
 from __future__ import annotations
 
@@ -9,21 +11,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .inference import predict_probability
 from .losses import per_image_loss_of_prob
 from .metrics import InstanceMeter, PixelAurocMeter, ScoreHistogram, SegmentationMeter, teacher_agreement
-from .predict import sliding_window
 from .store import edge_flush_starts
-
-
-def predict_probability(model: nn.Module, image: np.ndarray, input_size: int, overlap: float,
-                        batch_size: int, device: torch.device) -> np.ndarray:
-    """Foreground probability of a whole 2D image of any size.
-
-    Gaussian-weighted sliding windows of the training input size (emkt.predict.sliding_window);
-    images smaller than a window are padded (with 0, the mean of a z-scored image) and cropped back.
-    """
-    model.eval()
-    return torch.sigmoid(sliding_window(model, image[None], input_size, overlap, batch_size, device))[0, 0].numpy()
 
 
 def evaluate_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,

@@ -125,12 +125,6 @@ def build_teacher(arch: dict, input_size: int) -> nn.Module:
     return teacher_class(arch)(input_size=input_size, **settings)
 
 
-def segmenter_downsampling(arch: dict) -> int:
-    """By how much a segmenter's deepest level is downsampled: inputs must be multiples of it."""
-    depth = BASICUNET_DEPTH if arch["type"] == "basicunet" else arch["depth"]
-    return 2 ** (depth - 1)
-
-
 def build_segmenter(arch: dict, input_size: int | None = None) -> nn.Module:
     """A MONAI convolutional segmenter (1 channel in, 1 logit channel out) from a config entry
     of ``segmenters``: ``type`` (unet, basicunet, segresnet), ``width`` (channels of the first

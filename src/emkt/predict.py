@@ -1,6 +1,9 @@
-"""Applying trained segmenters to images: pseudo-labels of the pool, soft labels of an
-ensemble, and segmentations of a user's own images (``predict_folder``, the command
-``python -m emkt predict``). All use the evaluation's sliding-window inference and normalisation."""
+"""Segmenting a folder of a user's own images with a trained network (``predict_folder``, the
+command ``python -m emkt predict`` and the workflow's rule predict_images): probability,
+mask and instances of every image, each written atomically, and a table of what was done.
+
+Images too large for the memory budget are read, predicted and written in bands of rows
+(emkt.bands). The probabilities come from emkt.inference, as evaluation's do."""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import numpy as np
 import pandas as pd
 import tifffile
 import torch
-from monai.inferers import sliding_window_inference
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -25,72 +27,14 @@ from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, RowFile, grey_stat
                     plan_bands, rows_within, scratch_folder, write_mask_and_instances)
 from .checkpoints import check_normalisation
 from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, grey_histogram, histogram_moments,
-                   normalise_image, printable, read_tiff, to_grey_uint8, zscore)
+                   printable, read_tiff, to_grey_uint8, zscore)
 from .files import atomic_path
+from .inference import predict_tiles
 from .metrics import instances_from_probability
-from .models import EnsembleSegmenter
-from .store import MEAN_SCALE, StoreError, _npy_layout, quantise_probability
+from .store import quantise_probability
 
 log = logging.getLogger("emkt")
 
-
-@torch.no_grad()
-def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, input_size: int,
-                   overlap: float, batch_size: int, device: torch.device) -> torch.Tensor:
-    """``predictor`` over (N, H, W) normalised images in Gaussian-blended windows of the
-    training input size; returns (N, C, H, W) on the CPU."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(device)
-    out = sliding_window_inference(x, roi_size=(input_size, input_size), sw_batch_size=batch_size,
-                                   predictor=predictor, overlap=overlap, mode="gaussian")
-    return out.cpu()
-
-
-def predict_tiles(model: nn.Module, tiles: np.ndarray, input_size: int, overlap: float, batch_size: int,
-                  device: torch.device, normalise: Callable[[np.ndarray], np.ndarray] = normalise_image) -> np.ndarray:
-    """Foreground probabilities (float32) of uint8 pool tiles (N, T, T), each z-scored on its
-    own (``normalise``) as the pool crops are in training."""
-    model.eval()
-    images = np.stack([normalise(tile) for tile in tiles])
-    return torch.sigmoid(sliding_window(model, images, input_size, overlap, batch_size, device))[:, 0].numpy()
-
-
-def write_pseudo_labels(model: nn.Module, pool_shard: str | Path, out_path: str | Path, input_size: int,
-                        overlap: float, batch_size: int, device: torch.device, chunk: int = 512) -> int:
-    """Pseudo-label one pool shard: an .npy of the same shape holding uint8 p * 255 per pixel.
-
-    Streams ``chunk`` tiles at a time (memory does not grow with the shard) and writes through
-    a temporary name, so a killed job leaves nothing that looks finished. Returns the tile count.
-    """
-    offset, shape = _npy_layout(Path(pool_shard))
-    count, tile = shape[0], shape[1]
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as out, open(pool_shard, "rb") as source:
-        np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": shape})
-        for start in tqdm(range(0, count, chunk), desc=f"pseudo-label {Path(pool_shard).name}", mininterval=10):
-            n = min(chunk, count - start)
-            source.seek(offset + start * tile * tile)
-            tiles = np.frombuffer(source.read(n * tile * tile), dtype=np.uint8)
-            if tiles.size != n * tile * tile:
-                raise StoreError(f"{pool_shard}: short read at tile {start} (truncated shard?)")
-            probs = predict_tiles(model, tiles.reshape(n, tile, tile), input_size, overlap, batch_size, device)
-            out.write(quantise_probability(probs, MEAN_SCALE).tobytes())
-    return count
-
-
-def soft_labels(ensemble: EnsembleSegmenter, images: Sequence[tuple[int, np.ndarray]], input_size: int,
-                overlap: float, batch_size: int, device: torch.device,
-                temperature: float = 1.0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(id, mean, sd) over the ensemble's members for each (id, normalised whole image)."""
-    ensemble.eval()
-
-    def predictor(window: torch.Tensor) -> torch.Tensor:
-        return ensemble.mean_and_sd(window, temperature)
-
-    for image_id, image in images:
-        maps = sliding_window(predictor, image[None], input_size, overlap, batch_size, device)[0].numpy()
-        yield image_id, maps[0], maps[1]
-
-
-# --- Segmenting a folder of new images -------------------------------------------------------
 
 OUTPUT_FOLDERS = ("probability", "mask", "instances")
 PROBABILITY_FORMATS = ("float32", "uint8")

@@ -25,12 +25,14 @@ Format (uint8 raw shards, no compression; docs/data.md says why not zarr):
 
 Readers open shard files lazily in each process and read with ``os.pread`` (no mmap: mapped
 pages count towards a process's resident memory, which then grows over a pass over the pool).
+``DataFiles`` names what a training or evaluation job reads: the split and the stores' manifests.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,12 +40,11 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .data import read_tiff, to_grey_uint8, to_labels
+from .data import load_whole_images, read_split, read_tiff, to_grey_uint8, to_labels
 from .files import atomic_path
 from .parallel import ordered_map
 
 FORMAT_VERSION = 1
-SETS = ("labelled", "pool", "pseudo")
 SOFT_LABEL_COLUMNS = ["id", "height", "width", "offset"]
 # uint8 quantisation of soft labels: probabilities in [0, 1], standard deviations in [0, 0.5].
 MEAN_SCALE, SD_SCALE = 255.0, 510.0
@@ -357,6 +358,21 @@ class TileStore:
 
 
 # ---------------------------------------------------------------- soft labels
+
+@dataclass(frozen=True)
+class DataFiles:
+    """What the stages read: the split CSV (the single source of truth for which image is
+    in which split) and the packed stores' manifests."""
+
+    split: str | Path
+    labelled: str | Path
+    pool: str | Path | None = None
+    ignore_label: int | None = None
+
+    def split_items(self, split: str) -> list[dict]:
+        """Whole normalised images, masks and valid maps of one split, for validation or testing."""
+        return load_whole_images(read_split(self.split, split), LabelledStore(self.labelled), self.ignore_label)
+
 
 def quantise_probability(values: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(np.asarray(values, dtype=np.float32) * scale), 0, 255).astype(np.uint8)

@@ -44,7 +44,6 @@ PURPOSE_LINES = {
 KEPT_START = "kept_start"
 # settings a network was evaluated with, not scores: no difference to the baseline's is meaningful
 NO_DELTA_METRICS = (KEPT_START, "threshold", "temperature")
-BOOT_COLUMNS = ["boot_ci_low", "boot_ci_high", "n_images"]
 KEYS = [DATASET, "model", "condition", "metric"]
 # segmentation networks are compared with the reference student; teachers predict losses,
 # so a difference to a student's metric would mean nothing for them

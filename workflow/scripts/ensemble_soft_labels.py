@@ -11,7 +11,7 @@ import logging
 from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, load_model
 from emkt.data import normalise_image, read_split
 from emkt.models import EnsembleSegmenter
-from emkt.predict import soft_labels
+from emkt.inference import soft_labels
 from emkt.store import LabelledStore, write_soft_labels
 
 members, checkpoints = [], []

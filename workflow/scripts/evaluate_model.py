@@ -16,8 +16,9 @@ import pandas as pd
 from emkt.calibration import calibrate, stored_calibration
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model
 from emkt.costs import inference_cost
-from emkt.evaluate import calibrated_scores, evaluate_segmenter, fine_tuning_scores, panel_arrays, predict_probability
+from emkt.evaluate import calibrated_scores, evaluate_segmenter, fine_tuning_scores, panel_arrays
 from emkt.files import atomic_path
+from emkt.inference import predict_probability
 from emkt.metrics import agreement_with_reference
 from emkt.tables import to_long
 

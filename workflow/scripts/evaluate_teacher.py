@@ -12,8 +12,9 @@ import functools
 import pandas as pd
 
 from emkt.checkpoints import load_model
-from emkt.evaluate import pixel_error_auroc, predict_probability, summarise_teacher, teacher_predictions
+from emkt.evaluate import pixel_error_auroc, summarise_teacher, teacher_predictions
 from emkt.files import atomic_path
+from emkt.inference import predict_probability
 from emkt.metrics import PixelAurocMeter
 from emkt.models import is_dense_teacher
 

@@ -1,8 +1,10 @@
-"""Shared start of every workflow script: import path, log file, threads, device.
+"""What the workflow scripts share: import path, log file, threads, device, and the course of
+a training job (``TrainingJob``: start, resume, train, save, clear).
 
 Snakemake puts this folder on sys.path for the scripts beside it. The package is imported
 from the repository's src/ so that the same code runs in the project venv and in the
-rule's conda env (which installs only the dependencies).
+rule's conda env (which installs only the dependencies). This module imports only the
+standard library at its top; each helper imports the parts of emkt it needs.
 """
 
 from __future__ import annotations
@@ -73,19 +75,10 @@ def start_training_job(snakemake, seed: int):
     return config, device
 
 
-def training_checkpointing(snakemake, config: dict, seed: int):
-    """The resumable state of a training job: its file (rule param 'state') and a
-    fingerprint of the config, the job's inputs, the rule and the seed."""
-    from emkt.resume import Checkpointing, fingerprint
-
-    return Checkpointing(Path(snakemake.params.state),
-                         fingerprint(config, list(snakemake.input), rule=snakemake.rule, seed=seed))
-
-
 def data_files(snakemake, config: dict):
     """The split, the labelled store and (when an input) the pool store of a job, with the
     config's ignore label: what every training and evaluation job reads."""
-    from emkt.train import DataFiles
+    from emkt.store import DataFiles
 
     inputs = snakemake.input
     return DataFiles(inputs.split, inputs.labelled, getattr(inputs, "pool", None), config["data"]["ignore_label"])
@@ -106,3 +99,51 @@ def save_segmentation_network(snakemake, config: dict, device, path, model, kind
     items = data_files(snakemake, config).split_items("val")
     calibration = calibrate(model.to(device), items, size, config["evaluate"], device, seed)
     save_model(path, model, kind, arch, size, {**extra, "calibration": calibration})
+
+
+class TrainingJob:
+    """One training stage's job from start to end, used as ``with TrainingJob(snakemake, seed) as job:``.
+
+    Starting it does start_training_job (the data-parallel processes, log, threads, seed,
+    device) and finds the resumable state: its file (rule param 'state') and a fingerprint of
+    the config, the job's inputs, the rule and the seed (emkt.resume). ``train`` runs a stage
+    of emkt.training with the job's config, seed, files, history (output 'history'), device
+    and state; ``save_segmenter`` and ``save_teacher`` write its networks. When the block ends
+    without an error, that is after the outputs are written, the state is removed; after an
+    error it stays, and the job's retry resumes from it.
+    """
+
+    def __init__(self, snakemake, seed: int) -> None:
+        self.snakemake, self.seed = snakemake, seed
+        self.config, self.device = start_training_job(snakemake, seed)
+        from emkt.resume import Checkpointing, fingerprint
+
+        self.resume = Checkpointing(Path(snakemake.params.state),
+                                    fingerprint(self.config, list(snakemake.input), rule=snakemake.rule, seed=seed))
+        self.files = data_files(snakemake, self.config)
+
+    def __enter__(self) -> TrainingJob:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        if error_type is None:
+            self.resume.clear()
+        return False
+
+    def train(self, stage, /, *inputs, **settings):
+        """``stage(config, seed, files, *inputs, history, device, resume, **settings)``: the
+        signature every stage function of emkt.training has."""
+        return stage(self.config, self.seed, self.files, *inputs, self.snakemake.output.history, self.device,
+                     self.resume, **settings)
+
+    def save_segmenter(self, path, model, kind: str, arch: dict, extra: dict) -> None:
+        """save_segmentation_network: the network with its validation calibration (rank 0)."""
+        save_segmentation_network(self.snakemake, self.config, self.device, path, model, kind, arch, extra,
+                                  seed=self.seed)
+
+    def save_teacher(self, path, teacher, kind: str, extra: dict) -> None:
+        """A teacher of ``kind`` (its arch from the config: emkt.models.teacher_arch), by rank 0."""
+        from emkt.checkpoints import save_model
+        from emkt.models import teacher_arch
+
+        save_model(path, teacher, "teacher", teacher_arch(self.config, kind), self.config["input_size"], extra)

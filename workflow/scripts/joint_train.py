@@ -1,21 +1,15 @@
 """Stage 3: joint teacher-student training from a pretrained teacher (either kind)."""
 
-from jobsetup import data_files, save_segmentation_network, start_training_job, training_checkpointing
+from jobsetup import TrainingJob
 
 seed = int(snakemake.wildcards.seed)
 stage = snakemake.wildcards.joint
-config, device = start_training_job(snakemake, seed)
-resume = training_checkpointing(snakemake, config, seed)
+with TrainingJob(snakemake, seed) as job:
+    from emkt.checkpoints import load_model
+    from emkt.training.teacher import joint_train
 
-from emkt.checkpoints import load_model, save_model
-from emkt.models import teacher_arch
-from emkt.train import joint_train
-
-pretrained, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
-files = data_files(snakemake, config)
-teacher, student = joint_train(config, seed, files, pretrained, snakemake.output.history, device, resume)
-save_model(snakemake.output.teacher, teacher, "teacher", teacher_arch(config, snakemake.params.kind),
-           config["input_size"], {"stage": stage, "seed": seed})
-save_segmentation_network(snakemake, config, device, snakemake.output.student, student, "student", config["student"],
-                          {"condition": stage, "seed": seed}, seed=seed)
-resume.clear()
+    pretrained, _ = load_model(snakemake.input.teacher, expected_kind="teacher")
+    teacher, student = job.train(joint_train, pretrained)
+    job.save_teacher(snakemake.output.teacher, teacher, snakemake.params.kind, {"stage": stage, "seed": seed})
+    job.save_segmenter(snakemake.output.student, student, "student", job.config["student"],
+                       {"condition": stage, "seed": seed})

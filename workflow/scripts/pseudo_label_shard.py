@@ -10,7 +10,7 @@ import logging
 
 from emkt.calibration import calibrated
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model
-from emkt.predict import write_pseudo_labels
+from emkt.inference import write_pseudo_labels
 
 teacher, checkpoint = load_model(snakemake.input.teacher, expected_kind=SEGMENTATION_KINDS)
 ev = config["evaluate"]

@@ -1,34 +1,30 @@
 """Pseudo-label self-training of a ViT student on labelled images plus the pseudo-labelled pool."""
 
-from jobsetup import data_files, save_segmentation_network, start_training_job, training_checkpointing
+from jobsetup import TrainingJob
 
 seed = int(snakemake.wildcards.seed)
-config, device = start_training_job(snakemake, seed)
-resume = training_checkpointing(snakemake, config, seed)
+with TrainingJob(snakemake, seed) as job:
+    import logging
 
-import logging
+    from emkt.calibration import pseudo_label_threshold
+    from emkt.checkpoints import kept_epoch_extra, load_checkpoint, load_model
+    from emkt.models import build_student
+    from emkt.training.self_training import self_train
 
-from emkt.calibration import pseudo_label_threshold
-from emkt.checkpoints import kept_epoch_extra, load_checkpoint, load_model
-from emkt.models import build_student
-from emkt.train import self_train
+    settings = job.config["pseudo_label"]
+    threshold = pseudo_label_threshold(settings["threshold"], settings["target_precision"],
+                                       load_checkpoint(snakemake.input.teacher), snakemake.input.teacher)
+    logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_label.threshold: %s)", threshold,
+                                   settings["threshold"])
 
-settings = config["pseudo_label"]
-threshold = pseudo_label_threshold(settings["threshold"], settings["target_precision"],
-                                   load_checkpoint(snakemake.input.teacher), snakemake.input.teacher)
-logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_label.threshold: %s)", threshold,
-                               settings["threshold"])
-
-# the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
-start = "baseline" if snakemake.input.init else None
-if start is not None:
-    student, _ = load_model(snakemake.input.init[0], expected_kind="student")
-else:
-    student = build_student(config["student"], config["input_size"])
-trained = self_train(config, seed, data_files(snakemake, config), snakemake.input.pseudo, student,
-                     snakemake.output.history, device, resume, from_trained=start is not None, threshold=threshold)
-save_segmentation_network(snakemake, config, device, snakemake.output.model, trained.student, "student",
-                          config["student"], {"condition": "pseudo_labelled", "seed": seed,
-                                              "pseudo_label_threshold": threshold,
-                                              **kept_epoch_extra(trained.kept_epoch, start)}, seed=seed)
-resume.clear()
+    # the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
+    start = "baseline" if snakemake.input.init else None
+    if start is not None:
+        student, _ = load_model(snakemake.input.init[0], expected_kind="student")
+    else:
+        student = build_student(job.config["student"], job.config["input_size"])
+    trained = job.train(self_train, snakemake.input.pseudo, student, from_trained=start is not None,
+                        threshold=threshold)
+    job.save_segmenter(snakemake.output.model, trained.student, "student", job.config["student"],
+                       {"condition": "pseudo_labelled", "seed": seed, "pseudo_label_threshold": threshold,
+                        **kept_epoch_extra(trained.kept_epoch, start)})
