@@ -104,7 +104,7 @@ def expand_student(cfg: dict, seed: int, files: DataFiles, student: nn.Module, t
                    history_path: str | Path, device: torch.device | str, resume: Checkpointing | None = None,
                    variant: str = "faithful") -> KeptStudent:
     """Knowledge expansion: train the joint student on unlabelled pool images to minimise the
-    predicted loss of ``teachers`` (config expand; README "Expansion variants").
+    predicted loss of ``teachers`` (config expand; docs/pipeline.md "Expansion variants").
 
     - faithful (the paper): pool batches only, one frozen teacher.
     - every other variant is anchored: each step adds expand.labelled_weight x the BCE of a
