@@ -18,9 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
-from emkt.metrics import SegmentationMeter, teacher_agreement  # noqa: E402
 from emkt.tables import DATASET, REPORT, TEST_SET, split_rows, with_dataset  # noqa: E402
 
 __all__ = [
@@ -311,6 +309,8 @@ def plot_teacher_scatter(per_tile: pd.DataFrame, out: Path) -> None:
     are coloured by student condition (same colours in every subplot); the dashed line is the
     identity; titles give MAE and Spearman from ``metrics.teacher_agreement``.
     """
+    from emkt.metrics import teacher_agreement  # torch and MONAI: only the figures that score import them
+
     stages = list(pd.unique(per_tile["teacher_stage"]))
     colours = _colours(list(pd.unique(per_tile["student_condition"])))
     fig, flat = _panel_grid(len(stages), 3, (4.5, 4.3))
@@ -416,6 +416,10 @@ def plot_prediction_panel(
     prediction binarised at ``threshold`` as an error map (white TP, magenta FP, green FN)
     with the per-image IoU (``SegmentationMeter`` conventions) in the title.
     """
+    import torch
+
+    from emkt.metrics import SegmentationMeter
+
     conditions = list(panel)
     if not conditions:
         raise ValueError("plot_prediction_panel: panel has no condition")
