@@ -25,8 +25,8 @@ demo: setup
 # selection tables (validation split), where the default variant is chosen; the test tables
 # (expansion.md) report what was chosen.
 study: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml demo.yaml studies/expansion.yaml --directory study/demo
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml demo.yaml studies/expansion.yaml studies/em-mito-mini.yaml \
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml studies/demo-scale.yaml studies/expansion.yaml --directory study/demo
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml studies/demo-scale.yaml studies/expansion.yaml studies/em-mito-mini.yaml \
 		--directory study/em-mito-mini
 	@cat study/demo/results/tables/expansion_selection.md study/em-mito-mini/results/tables/expansion_selection.md
 
