@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo study test lint benchmark benchmark-speed clean-results
+.PHONY: setup demo study test lint benchmark benchmark-speed benchmark-demo clean-results
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ benchmark-speed: setup
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/workflow_overhead.py
 	$(BIN)/python benchmarks/gpu_throughput.py
+
+# Where the demo's time goes (issue 17): the demo DAG's wall time and its jobs' start-up (imports).
+benchmark-demo: setup
+	$(BIN)/python benchmarks/demo_time.py
 
 lint: setup
 	$(BIN)/snakemake --lint
