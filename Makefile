@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
+<<<<<<< HEAD
 .PHONY: setup demo study test lint benchmark benchmark-speed benchmark-demo clean-results
+=======
+.PHONY: setup demo study test test-fast lint benchmark benchmark-speed clean-results
+>>>>>>> 8567e79 (make test-fast: the unit tests alone (-m 'not workflow and not slurm'); docs/development.md shows both tiers)
 
 setup: $(VENV)/.installed
 
@@ -32,6 +36,10 @@ study: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The fast tier: unit tests only, no Snakemake runs and no SLURM (the target is a minute on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not workflow and not slurm"
 
 # Store vs. per-file TIFF reading on a generated pool of 100,000 images (~10 GB in benchmarks/out/).
 benchmark: setup
