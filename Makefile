@@ -4,11 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-<<<<<<< HEAD
-.PHONY: setup demo study test lint benchmark benchmark-speed benchmark-demo clean-results
-=======
-.PHONY: setup demo study test test-fast lint benchmark benchmark-speed clean-results
->>>>>>> 8567e79 (make test-fast: the unit tests alone (-m 'not workflow and not slurm'); docs/development.md shows both tiers)
+.PHONY: setup demo study test test-fast lint benchmark benchmark-speed benchmark-demo clean-results
 
 setup: $(VENV)/.installed
 
