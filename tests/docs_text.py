@@ -72,15 +72,15 @@ def demo_result_paths() -> dict[str, list[str]]:
     return shown
 
 
-def touch_example(text: str | None = None) -> tuple[str, int]:
+def touch_example(text: str | None = None) -> tuple[str, list[str]]:
     """The "touch one checkpoint" example as it is written in TOUCH_EXAMPLE_DOC: the file it
-    touches and how many evaluate_teacher jobs its dry run lists."""
+    touches and the evaluation rules its dry run lists (before aggregate and the plots)."""
     text = TOUCH_EXAMPLE_DOC.read_text() if text is None else text
     touched = re.search(r"^touch (results/models/\S+\.pth)$", text, re.MULTILINE)
-    listed = re.search(r"# lists evaluate_model, evaluate_teacher x(\d+), aggregate, plots", text)
+    listed = re.search(r"# lists ((?:evaluate_\w+, )+)aggregate, plots", text)
     if not touched or not listed:
         raise ValueError(f"{TOUCH_EXAMPLE_DOC.relative_to(REPO)} has no touch example")
-    return touched.group(1), int(listed.group(1))
+    return touched.group(1), listed.group(1).rstrip(", ").split(", ")
 
 
 def without_code(text: str) -> str:

@@ -12,7 +12,7 @@ from conftest import merged
 import emkt.training.validation
 from emkt.checkpoints import SEGMENTATION_KINDS, ensemble_arch, kept_epoch_extra, load_model, save_model
 from emkt.config import ConfigError, validate_config
-from emkt.costs import inference_cost
+from emkt.costs import checkpoint_inference_costs, inference_cost
 from emkt.data import normalise_image
 from emkt.datasets import PoolCrops
 from emkt.metrics import agreement_with_reference, count_objects
@@ -235,6 +235,23 @@ def test_inference_cost_reports_parameters_speed_and_memory():
     cost = inference_cost(model, 4, 32, CPU, warmup=1, repeats=2)
     assert cost["parameters"] == sum(p.numel() for p in model.parameters())
     assert cost["images_per_s"] > 0 and cost["peak_memory_mb"] > 0
+
+
+def test_checkpoint_costs_measure_each_network_as_if_it_ran_alone(tmp_path):
+    """One job measures several networks: each in a process forked before any of them ran, so
+    that memory a network freed does not hide the next one's peak; a file that is no network
+    fails naming itself."""
+    arch = {"type": "unet", "width": 8, "depth": 3}
+    paths = [tmp_path / f"unet{k}.pth" for k in range(2)]
+    for path in paths:
+        save_model(path, build_segmenter(arch), "segmenter", arch, 64)
+    first, second = checkpoint_inference_costs(paths, 8, CPU)
+    assert first["parameters"] == second["parameters"] == sum(p.numel() for p in build_segmenter(arch).parameters())
+    assert first["images_per_s"] > 0 and second["images_per_s"] > 0
+    assert 0.5 < second["peak_memory_mb"] / first["peak_memory_mb"] < 2
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="(?s)measuring the inference costs failed.*broken.pth: measuring its inference"):
+        checkpoint_inference_costs([paths[0], tmp_path / "broken.pth"], 8, CPU)
 
 
 def test_agreement_with_the_teacher_counts_objects():

@@ -170,9 +170,10 @@ def test_result_paths_expand_alternatives_and_skip_patterns_and_links():
 
 
 def test_touch_example_is_in_the_pipeline_doc():
-    touched, teacher_jobs = touch_example()
+    touched, rules = touch_example()
     assert TOUCH_EXAMPLE_DOC == DOCS / "pipeline.md"
-    assert touched == "results/models/student_expanded_committee_0.pth" and teacher_jobs == 4
+    assert touched == "results/models/student_expanded_committee_0.pth"
+    assert rules == ["evaluate_networks", "evaluate_teachers"]
     assert "## Regenerating results" in TOUCH_EXAMPLE_DOC.read_text()
     with pytest.raises(ValueError, match="no touch example"):
         touch_example("nothing here")

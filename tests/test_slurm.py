@@ -33,8 +33,8 @@ pytestmark = pytest.mark.workflow
 SLURM_SCRIPTS = REPO.parent / "shared" / "slurm"
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill"}
-GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_model", "evaluate_teacher", "ensemble_soft_labels",
-                                                       "pseudo_label_shard"}
+GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_networks", "evaluate_teachers",
+                                                       "ensemble_soft_labels", "pseudo_label_shard"}
 # Inference speed and memory are measured, not computed: they differ between any two runs.
 MEASURED = {"images_per_s", "peak_memory_mb"}
 # The tiny demo DAG with both seeds (32 SLURM jobs): ~3 min 15 s through SLURM alone on the
@@ -246,7 +246,7 @@ def test_profile_requests_gpus_per_process_for_training_and_one_for_inference(tm
         assert values.get("gpu", "0") == expected, (rule, values)
         assert "gres" not in values and "mpi" not in values and "nodes" not in values, (rule, values)
     assert resources["joint_train"]["mem_mb"] == str(demo["train"]["mem_mb"])
-    assert resources["evaluate_model"]["runtime"] == str(demo["evaluate"]["runtime"])
+    assert resources["evaluate_networks"]["runtime"] == str(demo["evaluate"]["runtime"])
 
 
 @pytest.mark.slurm
@@ -291,7 +291,7 @@ def test_demo_dag_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
             assert "--gpus" not in sbatch_options and "--gres" not in sbatch_options, row
     recorded = Counter(submitted[row["JobIDRaw"]] for row in jobs)
     assert all(recorded[rule] == seeds for rule in TRAINING_RULES)
-    assert recorded["evaluate_model"] == 3 * seeds and recorded["evaluate_teacher"] == 2 * seeds
+    assert recorded["evaluate_networks"] == recorded["evaluate_teachers"] == seeds
 
     # The local run gives the same numbers and the same weights.
     assert_same_results(slurm_dir, local_dir)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,11 @@ def demo_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def evaluated_networks(dry_run: str) -> set[str]:
+    """The networks whose test metrics a dry run's evaluation jobs write (role_condition)."""
+    return set(re.findall(r"results/eval/((?:student|reference)_\w+?)_\d+\.csv", dry_run))
+
+
 def test_lint_is_clean():
     for extra in ([], ["--configfile", str(REPO / "demo.yaml")]):
         result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", *extra], cwd=REPO,
@@ -113,8 +118,10 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     # and two joint-trained teachers (each with its joint student) per seed.
     assert jobs["train_student_baseline"] == jobs["expand_student"] == 5
     assert jobs["pretrain_teacher"] == jobs["joint_train"] == 10
-    # 7 students and 3 references (unet, basicunet, their ensemble with the baseline) per seed.
-    assert jobs["evaluate_model"] == 50 and jobs["evaluate_teacher"] == 20
+    # One evaluation job per seed for its 7 students and 3 references (unet, basicunet, their
+    # ensemble with the baseline), one for its 4 teachers.
+    assert jobs["evaluate_networks"] == jobs["evaluate_teachers"] == 5
+    assert len(evaluated_networks(result.stdout)) == 10
     assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
     assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
@@ -127,14 +134,18 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
 
 
 def test_a_condition_not_listed_adds_no_jobs(tmp_path):
-    only_baseline = job_stats(snakemake(tmp_path, {"conditions": ["baseline"]}, "-n").stdout)
-    assert only_baseline["evaluate_model"] == 5 and only_baseline["train_student_baseline"] == 5
+    dry = snakemake(tmp_path, {"conditions": ["baseline"]}, "-n").stdout
+    only_baseline = job_stats(dry)
+    assert only_baseline["evaluate_networks"] == 5 and only_baseline["train_student_baseline"] == 5
+    assert evaluated_networks(dry) == {"student_baseline"}
     assert not {"pretrain_teacher", "train_segmenter", "pseudo_label_shard", "feature_distill",
-                "evaluate_teacher", "plot_teacher_scatter"} & set(only_baseline)
+                "evaluate_teachers", "plot_teacher_scatter"} & set(only_baseline)
     # Self-training from the unet alone: one segmenter per seed, no ensemble.
-    pseudo = job_stats(snakemake(tmp_path, {"conditions": ["baseline", "pseudo_label"], "seeds": [0]}, "-n").stdout)
+    dry = snakemake(tmp_path, {"conditions": ["baseline", "pseudo_label"], "seeds": [0]}, "-n").stdout
+    pseudo = job_stats(dry)
     assert pseudo["train_segmenter"] == 1 and pseudo["pseudo_label_shard"] == 64
-    assert pseudo["evaluate_model"] == 3 and "ensemble_soft_labels" not in pseudo  # baseline, pseudo_labelled, unet
+    assert evaluated_networks(dry) == {"student_baseline", "student_pseudo_labelled", "reference_unet"}
+    assert pseudo["evaluate_networks"] == 1 and "ensemble_soft_labels" not in pseudo
     # ... or from the ensemble: its members are trained and it is evaluated as a reference.
     ensemble = job_stats(snakemake(tmp_path, {"conditions": ["baseline", "pseudo_label"], "seeds": [0],
                                               "pseudo_label": {"teacher": "ensemble"}}, "-n").stdout)
@@ -276,19 +287,19 @@ def test_demo_run_segments_the_new_images_folder(demo_run):
     assert "images/s" in (demo_run / "results" / "logs" / "predict_images" / "new_images" / "expanded_anchored_0.log").read_text()
 
 
-def test_touching_a_checkpoint_reruns_only_its_evaluation_and_the_summary(demo_run):
+def test_touching_a_checkpoint_reruns_only_its_evaluations_and_the_summary(demo_run):
     # the example in docs/pipeline.md ("Regenerating results"), as it is written there: the
-    # file it touches and the evaluate_teacher jobs it lists
-    touched, teacher_jobs = touch_example()
+    # file it touches and the evaluation jobs it lists (one each: the seed's networks, teachers)
+    touched, rules = touch_example()
     models = demo_run / "results" / "models"
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     (demo_run / touched).touch()
     dry = snakemake(demo_run, DEMO, "-n")
     jobs = job_stats(dry.stdout + dry.stderr)
     assert not TRAINING_RULES & set(jobs)
-    # the demo run also has an external set: one more evaluation of the touched network
-    assert {rule: jobs[rule] for rule in ("evaluate_model", "evaluate_external", "evaluate_teacher", "aggregate")} == \
-        {"evaluate_model": 1, "evaluate_external": 1, "evaluate_teacher": teacher_jobs, "aggregate": 1}
+    # the demo run also has an external set: the seed's evaluation on it too
+    assert {rule: jobs[rule] for rule in [*rules, "evaluate_external", "aggregate"]} == \
+        {**{rule: 1 for rule in rules}, "evaluate_external": 1, "aggregate": 1}
     assert {rule for rule in jobs if not rule.startswith(("evaluate_", "plot_"))} == {"aggregate", "all"}
     snakemake(demo_run, DEMO)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}

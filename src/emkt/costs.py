@@ -3,12 +3,20 @@ measured on the evaluation device at the evaluation batch size."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoints import SEGMENTATION_KINDS, load_model
 from .models import count_parameters
 
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
@@ -72,3 +80,84 @@ def inference_cost(model: nn.Module, batch_size: int, input_size: int, device: t
         peak_mb = float("nan")
     return {"parameters": float(count_parameters(model)), "images_per_s": batch_size * repeats / seconds,
             "peak_memory_mb": peak_mb}
+
+
+def checkpoint_inference_costs(paths: list[str | Path], batch_size: int, device: torch.device
+                               ) -> list[dict[str, float]]:
+    """``inference_cost`` of each saved segmentation network in ``paths`` (at its checkpoint's
+    input size), each measured as if it ran alone: what one job evaluating several networks
+    calls.
+
+    On CPU, in one process the memory that earlier networks freed stays with the allocator
+    and would hide a later network's peak; so a fresh Python process (``python -m
+    emkt.costs``, with this process's threads) measures each network in a process forked for
+    it. Forked from that fresh process, never from this one: forking a process whose OpenMP
+    threads have run can hang the child. On CUDA, torch counts allocated memory itself: the
+    networks are measured here, one after the other.
+    """
+    if device.type == "cuda" or "fork" not in multiprocessing.get_all_start_methods():
+        return [_checkpoint_cost(path, batch_size, device) for path in paths]
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "emkt.costs", "--batch-size", str(batch_size), "--device", str(device),
+               "--threads", str(torch.get_num_threads()), *map(str, paths)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring the inference costs failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def forked_checkpoint_costs(paths: list[str | Path], batch_size: int, device: torch.device
+                            ) -> list[dict[str, float]]:
+    """``inference_cost`` of each saved network, each in a process forked from this one: call
+    it only in a process that has run no network (see checkpoint_inference_costs)."""
+    context = multiprocessing.get_context("fork")
+    costs = []
+    for path in paths:
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_send_checkpoint_cost, args=(sender, path, batch_size, device))
+        child.start()
+        sender.close()
+        try:
+            outcome, value = receiver.recv()
+        except EOFError:  # the child died without an answer (e.g. killed for memory)
+            outcome, value = "error", "the measuring process ended without a result"
+        child.join()
+        if outcome == "error":
+            raise RuntimeError(f"{path}: measuring its inference cost failed (exit code {child.exitcode}):\n{value}")
+        costs.append(value)
+    return costs
+
+
+def _checkpoint_cost(path: str | Path, batch_size: int, device: torch.device) -> dict[str, float]:
+    model, checkpoint = load_model(path, expected_kind=SEGMENTATION_KINDS)
+    return inference_cost(model, batch_size, checkpoint["input_size"], device)
+
+
+def _send_checkpoint_cost(sender, path: str | Path, batch_size: int, device: torch.device) -> None:
+    try:
+        sender.send(("cost", _checkpoint_cost(path, batch_size, device)))
+    except BaseException:
+        sender.send(("error", traceback.format_exc()))
+    finally:
+        sender.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print, as one JSON line, the inference cost of each checkpoint given (see checkpoint_inference_costs)."""
+    parser = argparse.ArgumentParser(description="Inference cost of saved segmentation networks, each measured alone.")
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        costs = forked_checkpoint_costs(args.checkpoints, args.batch_size, torch.device(args.device))
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
+    print(json.dumps(costs))
+
+
+if __name__ == "__main__":
+    main()

@@ -157,13 +157,29 @@ def network_model(name, seed="{seed}"):
     return student_model("baseline", seed) if name == "baseline" else f"results/models/reference_{name}_{seed}.pth"
 
 
-def evaluated_model(wildcards):
-    """The checkpoint that evaluate_model evaluates, plus, for the feature-distilled student,
-    its teacher (agreement with the teacher is part of that condition's result)."""
-    inputs = {"model": f"results/models/{wildcards.role}_{wildcards.condition}_{wildcards.seed}.pth"}
-    if wildcards.role == "student" and wildcards.condition == "feature_distilled":
-        inputs["agreement"] = network_model(FEATURE["teacher"], wildcards.seed)
-    return inputs
+def evaluated_networks():
+    """Every segmentation network of a seed that the evaluation jobs score, as (role,
+    condition): the student rows, then the reference rows."""
+    return [("student", c) for c in STUDENTS] + [("reference", c) for c in REFERENCES]
+
+
+def evaluation_outputs(folder, suffixes):
+    """A seed's evaluation files in ``folder``, one list per suffix: one file per network."""
+    return {name: [f"{folder}/{role}_{condition}_{{seed}}{suffix}" for role, condition in evaluated_networks()]
+            for name, suffix in suffixes.items()}
+
+
+def evaluated_models(wildcards):
+    """The checkpoints of a seed's evaluated networks, in the order of evaluated_networks()."""
+    return [f"results/models/{role}_{condition}_{wildcards.seed}.pth" for role, condition in evaluated_networks()]
+
+
+def agreement_references(seed="{seed}"):
+    """The network each evaluated network's agreement is measured against, by condition: the
+    feature-distilled student's teacher (its agreement is part of that condition's result)."""
+    if "feature_distilled" not in STUDENTS:
+        return {}
+    return {"feature_distilled": network_model(FEATURE["teacher"], seed)}
 
 
 def member_seed(wildcards):
@@ -193,9 +209,8 @@ def external_files(wildcards):
 
 def external_evaluations():
     """Every network's evaluation on every external set: what the summary table adds."""
-    networks = [f"student_{c}" for c in STUDENTS] + [f"reference_{c}" for c in REFERENCES]
-    return [f"results/eval/external/{name}/{network}_{seed}.csv"
-            for name in EXTERNAL for network in networks for seed in SEEDS]
+    return [f"results/eval/external/{name}/{role}_{condition}_{seed}.csv"
+            for name in EXTERNAL for role, condition in evaluated_networks() for seed in SEEDS]
 
 
 def per_image_tables(evaluations):

@@ -1,58 +1,62 @@
-# Every segmentation network, students and references alike, goes through evaluate_model:
-# the same metrics on the same test images, one long-format CSV each.
+# One job per seed evaluates all its segmentation networks, students and references alike,
+# with the same metrics on the same test images (one long-format CSV each), and one job per
+# seed all its teachers: every job imports torch and MONAI first, which at demo scale takes
+# longer than scoring a network. Touching one checkpoint reruns its seed's evaluations.
 
 
-rule evaluate_model:
+rule evaluate_networks:
     input:
-        unpack(evaluated_model),
+        models=evaluated_models,
+        agreement=lambda wildcards: list(agreement_references(wildcards.seed).values()),
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
     output:
-        metrics="results/eval/{role}_{condition}_{seed}.csv",
-        per_image="results/eval/{role}_{condition}_{seed}_per_image.csv",
-        panel="results/eval/{role}_{condition}_{seed}_panel.npz",
+        **evaluation_outputs("results/eval", {"metrics": ".csv", "per_image": "_per_image.csv", "panel": "_panel.npz"}),
     params:
+        networks=evaluated_networks(),
+        agreement=lambda wildcards: agreement_references(wildcards.seed),
         evaluate=config["evaluate"],
         ignore_label=config["data"]["ignore_label"],
     log:
-        "results/logs/evaluate_model/{role}_{condition}_{seed}.log",
+        "results/logs/evaluate_networks/{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate_model/{role}_{condition}_{seed}.tsv"
+        "results/benchmarks/evaluate_networks/{seed}.tsv"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),
     conda:
         ENVS["train"]
     script:
-        "../scripts/evaluate_model.py"
+        "../scripts/evaluate_networks.py"
 
 
-rule evaluate_teacher:
+rule evaluate_teachers:
     input:
         split="results/splits/datasplit.csv",
         labelled=LABELLED_STORE,
-        teacher="results/models/teacher_{stage}_{seed}.pth",
+        teachers=[f"results/models/teacher_{stage}_{{seed}}.pth" for stage in TEACHER_STAGES],
         students=[student_model(c, "{seed}") for c in STUDENT_CONDITIONS],
     output:
-        metrics="results/eval/teacher_{stage}_{seed}.csv",
-        per_tile="results/eval/teacher_{stage}_{seed}_per_tile.csv",
+        metrics=[f"results/eval/teacher_{stage}_{{seed}}.csv" for stage in TEACHER_STAGES],
+        per_tile=[f"results/eval/teacher_{stage}_{{seed}}_per_tile.csv" for stage in TEACHER_STAGES],
     params:
+        stages=TEACHER_STAGES,
         conditions=STUDENT_CONDITIONS,
         evaluate=config["evaluate"],
         ignore_label=config["data"]["ignore_label"],
         # the true loss per tile is the students' BCE with this weight, as the teachers predict it
         pos_weight=config["train"]["pos_weight"],
     log:
-        "results/logs/evaluate_teacher/{stage}_{seed}.log",
+        "results/logs/evaluate_teachers/{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate_teacher/{stage}_{seed}.tsv"
+        "results/benchmarks/evaluate_teachers/{seed}.tsv"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),
     conda:
         ENVS["train"]
     script:
-        "../scripts/evaluate_teacher.py"
+        "../scripts/evaluate_teachers.py"
 
 
 # External labelled sets (config 'external_test'): indexed like the labelled data, then every
@@ -86,18 +90,18 @@ rule index_external:
 
 rule evaluate_external:
     input:
-        model="results/models/{role}_{condition}_{seed}.pth",
+        models=evaluated_models,
         index="results/external/{external}/index.csv",
     output:
-        metrics="results/eval/external/{external}/{role}_{condition}_{seed}.csv",
-        per_image="results/eval/external/{external}/{role}_{condition}_{seed}_per_image.csv",
+        **evaluation_outputs("results/eval/external/{external}", {"metrics": ".csv", "per_image": "_per_image.csv"}),
     params:
+        networks=evaluated_networks(),
         evaluate=config["evaluate"],
         ignore_label=config["data"]["ignore_label"],
     log:
-        "results/logs/evaluate_external/{external}/{role}_{condition}_{seed}.log",
+        "results/logs/evaluate_external/{external}/{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate_external/{external}/{role}_{condition}_{seed}.tsv"
+        "results/benchmarks/evaluate_external/{external}/{seed}.tsv"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),

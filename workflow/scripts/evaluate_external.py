@@ -1,10 +1,10 @@
-"""Evaluate one segmentation network on an external labelled set (config 'external_test'),
-with the pixel and object metrics of the test split."""
+"""Evaluate every segmentation network of one seed on an external labelled set (config
+'external_test'), with the pixel and object metrics of the test split."""
 
 from jobsetup import start_torch_job
 
 seed = int(snakemake.wildcards.seed)
-role, condition, external = snakemake.wildcards.role, snakemake.wildcards.condition, snakemake.wildcards.external
+external = snakemake.wildcards.external
 config, device = start_torch_job(snakemake, seed)
 
 import logging
@@ -14,24 +14,20 @@ import pandas as pd
 from emkt.calibration import stored_calibration
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model
 from emkt.data import load_folder_images
-from emkt.evaluate import calibrated_scores, evaluate_segmenter
+from emkt.evaluation_jobs import evaluate_on_external
 from emkt.files import atomic_path
-from emkt.tables import to_long
 
-model, checkpoint = load_model(snakemake.input.model, expected_kind=SEGMENTATION_KINDS)
 ev = config["evaluate"]
 items = load_folder_images(pd.read_csv(snakemake.input.index), config["data"]["ignore_label"])
-logging.getLogger("emkt").info("%s: %d images", external, len(items))
-scores, per_image, probs = evaluate_segmenter(model.to(device), items, checkpoint["input_size"], ev["overlap"],
-                                          ev["batch_size"], device, ev["threshold"], ev["calibration_bins"],
-                                          ev["min_object_size"])
-calibration = stored_calibration(checkpoint)
-if calibration is not None:  # chosen on the validation split when the network was saved
-    scores.update(calibrated_scores(items, probs, calibration, ev["calibration_bins"]))
-else:
-    logging.getLogger("emkt").warning("%s has no stored calibration: no tuned-threshold scores",
-                                      snakemake.input.model)
-with atomic_path(snakemake.output.metrics) as tmp:
-    to_long(scores, role, condition, seed, dataset=external).to_csv(tmp, index=False)
-with atomic_path(snakemake.output.per_image) as tmp:
-    per_image.assign(dataset=external, model=role, condition=condition, seed=seed).to_csv(tmp, index=False)
+log = logging.getLogger("emkt")
+log.info("%s: %d images", external, len(items))
+outputs = zip(snakemake.params.networks, snakemake.input.models, snakemake.output.metrics, snakemake.output.per_image)
+for (role, condition), path, metrics_path, per_image_path in outputs:
+    model, checkpoint = load_model(path, expected_kind=SEGMENTATION_KINDS)
+    if stored_calibration(checkpoint) is None:
+        log.warning("%s has no stored calibration: no tuned-threshold scores", path)
+    long, per_image = evaluate_on_external(model, checkpoint, role, condition, seed, items, external, ev, device)
+    with atomic_path(metrics_path) as tmp:
+        long.to_csv(tmp, index=False)
+    with atomic_path(per_image_path) as tmp:
+        per_image.to_csv(tmp, index=False)
