@@ -87,6 +87,19 @@ def merged(base: dict, update: dict) -> dict:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread in the test process (where a test module imported torch): the tensors
+    here are small, and on a 2-core machine where anything else runs (a workflow job, the shared
+    demo run, another user's work) two threads wait for each other at every operation (a
+    300-step UNet training: 23 s on one thread, 515 s on two beside two busy processes)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def paper_config() -> dict:
     return load_config(REPO / "config.yaml")

@@ -204,16 +204,12 @@ def test_unet_beats_best_global_threshold(tmp_path: Path) -> None:
 
     thr_iou = _threshold_baseline(x_tr, y_tr, x_te, y_te)
 
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        start = time.perf_counter()
-        net = _train_unet(x_tr, y_tr, steps=600)
-        train_s = time.perf_counter() - start
-        with torch.no_grad():
-            pred = net(torch.from_numpy(x_te)[:, None]).numpy()[:, 0] > 0
-    finally:
-        torch.set_num_threads(n_threads)
+    # 300 steps on one thread (tests/conftest.py): UNet ~0.68, the threshold 0.53 (600 steps: 0.74)
+    start = time.perf_counter()
+    net = _train_unet(x_tr, y_tr, steps=300)
+    train_s = time.perf_counter() - start
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x_te)[:, None]).numpy()[:, 0] > 0
     unet_iou = _pooled_iou(pred, y_te)
     print(f"\nheld-out IoU: best smoothed threshold {thr_iou:.3f}, UNet {unet_iou:.3f} (trained {train_s:.1f} s)")
     assert thr_iou < 0.65
