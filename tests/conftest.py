@@ -100,14 +100,22 @@ def one_torch_thread():
         torch.set_num_threads(1)
 
 
-@pytest.fixture
-def paper_config() -> dict:
-    return load_config(REPO / "config.yaml")
+@pytest.fixture(scope="session")
+def checked_configs() -> dict[str, dict]:
+    """config.yaml and TINY on top of it, each loaded and checked once (the schema check takes
+    a few tenths of a second); tests get copies."""
+    paper = load_config(REPO / "config.yaml")
+    return {"paper": paper, "tiny": validate_config(merged(paper, TINY))}
 
 
 @pytest.fixture
-def tiny_config(paper_config: dict) -> dict:
-    return validate_config(merged(paper_config, TINY))
+def paper_config(checked_configs) -> dict:
+    return copy.deepcopy(checked_configs["paper"])
+
+
+@pytest.fixture
+def tiny_config(checked_configs) -> dict:
+    return copy.deepcopy(checked_configs["tiny"])
 
 
 @pytest.fixture
