@@ -35,7 +35,7 @@ TINY = {
     "student_baseline": {"epochs": 2},
     "joint": {"epochs": 2},
     # the expansion guards are unit-tested; here both epochs always run
-    # (and one variant, which needs one teacher kind: the committee default needs two)
+    # (and the default variant, which needs one teacher kind)
     "expand": {"epochs": 2, "images_per_epoch": 16, "stop_fraction_ratio": None, "stop_patience": 0,
                "variants": ["anchored"]},
     "segmenters": {"unet": {"type": "unet", "width": 4, "depth": 3, "epochs": 2},
@@ -52,6 +52,27 @@ TINY = {
 
 # The expansion condition only: for tests about the workflow machinery, not the conditions.
 TINY_EXPANSION = {**TINY, "conditions": ["baseline", "expansion"]}
+
+
+def merged(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# The shared demo run (fixture demo_run) also scores every network on an external labelled set
+# (real EM, other sizes than the synthetic training images) and segments a folder of new images
+# with one student. Two expansion variants: anchored (the default) and a committee of both
+# teacher kinds (so the error-map teacher is pretrained and joint-trained too); the real-EM
+# fixture run (tests/test_workflow.py) has the others.
+DEMO = merged(TINY, {
+    "expand": {"variants": ["anchored", "committee"]},
+    "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
+    "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded_anchored"], "seeds": [0],
+                 "probability": "uint8"}],
+})
+NEW_IMAGES = {"mitochondria1.tiff": (138, 224), "mitochondria2.tiff": (224, 224), "pan_seg.png": (256, 256)}
 
 
 def snakemake_command(workdir: Path, config: dict, *args: str, cores: int | None = 2) -> list[str]:
@@ -78,13 +99,6 @@ def job_stats(output: str) -> Counter:
         if match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts
-
-
-def merged(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -160,6 +174,139 @@ def tiny_data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("data"), merged(load_config(REPO / "config.yaml"), TINY))
 
 
+# --- the shared demo run -----------------------------------------------------------------------------
+# The whole demo DAG (config DEMO, ~100 jobs, most of them a fresh Python process importing torch
+# and MONAI) runs once per session: tests that only read its outputs share it. When a selected
+# test reads it, it starts in the background as the session starts, and the other tests run
+# beside it (one torch thread each: see one_torch_thread); the tests that read it come last
+# (pytest_collection_modifyitems) and wait for it.
+
+
+def copy_external_inputs(workdir: Path) -> None:
+    """The demo's external set (the real-EM fixture's cem_examples: 138x224 and 224x224
+    images, instance masks) and new images (TIFF and PNG); a generated set if the fixture
+    is missing."""
+    import shutil
+
+    import tifffile
+    from PIL import Image
+
+    from emkt.synthetic import generate_labelled_set
+
+    external = workdir / "external" / "em_mito_mini"
+    source = SHARED_DATA / "cem_mitolab"
+    if source.is_dir():
+        shutil.copytree(source / "cem_examples", external / "cem_examples")
+        images = {name: source / folder / "images" / name.replace(".png", ".tiff")
+                  for name, folder in zip(NEW_IMAGES, ["cem_examples", "cem_examples", "empanada_panoptic"])}
+    else:
+        generated = generate_labelled_set(external, 1, 5, (70, 90), seed=9)
+        images = {f"{k}.tiff": path for k, path in enumerate(generated[:3])}
+    (workdir / "new_images").mkdir()
+    for name, path in images.items():
+        if name.endswith(".png"):
+            Image.fromarray(tifffile.imread(path)).save(workdir / "new_images" / name)
+        else:
+            shutil.copy(path, workdir / "new_images" / name)
+
+
+class BackgroundRun:
+    """A Snakemake run of the repository's Snakefile in ``workdir`` (snakemake_command's
+    arguments), started at once and waited for later, so that other work runs meanwhile. Its
+    output goes to ``<workdir>.out`` (a file: no pipe to fill up); it runs in a session of its
+    own, so that ``stop`` ends it and its jobs and nothing else."""
+
+    def __init__(self, workdir: Path, config: dict, *args: str, cores: int | None = 2, timeout_s: float = 1800):
+        import subprocess
+        import time
+
+        self.workdir, self.log, self.timeout_s = workdir, Path(f"{workdir}.out"), timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(snakemake_command(workdir, config, *args, cores=cores), cwd=workdir,
+                                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def wait(self) -> str:
+        """The run's output once it has finished; an AssertionError with the end of it if the
+        run failed, or did not finish within timeout_s of its start (it is stopped then)."""
+        import subprocess
+        import time
+
+        try:
+            self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"snakemake in {self.workdir} did not finish in {self.timeout_s} s:\n"
+                                 f"{self.log.read_text()[-6000:]}") from None
+        output = self.log.read_text()
+        if self.process.returncode != 0:
+            raise AssertionError(f"snakemake in {self.workdir} failed ({self.process.returncode}):\n{output[-8000:]}")
+        return output
+
+    def stop(self) -> None:
+        """SIGINT first (Snakemake ends its jobs, and cancels its SLURM jobs), then the whole
+        process group it leads."""
+        import os
+        import signal
+        import subprocess
+
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def demo_dag(tmp_path_factory):
+    """The shared demo run, started (not yet finished)."""
+    workdir = tmp_path_factory.mktemp("demo_dag")
+    copy_external_inputs(workdir)
+    run = BackgroundRun(workdir, DEMO)
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_dag) -> Path:
+    """The working folder of the finished demo run (config DEMO)."""
+    demo_dag.wait()
+    return demo_dag.workdir
+
+
+def reads_demo_run(item) -> bool:
+    return "demo_run" in getattr(item, "fixturenames", ())
+
+
+def is_workflow_test(item) -> bool:
+    return item.get_closest_marker("workflow") is not None
+
+
+def workflow_tests_last(items) -> None:
+    """Unit tests first, then the workflow tests, then the tests that read the finished demo
+    run; the order is kept within each group."""
+    items.sort(key=lambda item: (is_workflow_test(item), reads_demo_run(item)))
+
+
+_demo_run_needed = False  # some selected test reads the demo run: start it as the session starts
+
+
+def pytest_collection_finish(session) -> None:
+    global _demo_run_needed
+    _demo_run_needed = any(reads_demo_run(item) for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_run_in_the_background(request):
+    """The demo run starts with the session when a selected test reads it; the tests before
+    the readers run beside it."""
+    if _demo_run_needed:
+        request.getfixturevalue("demo_dag")
+
+
 # --- what the run exercised ------------------------------------------------------------------------
 # Each real component and how to tell that a test needs it. With EMKT_COMPONENT_RECORD set,
 # the session writes there, as JSON, each such test's outcome (passed, failed or skipped with
@@ -176,6 +323,7 @@ _component_outcomes: dict[str, dict[str, dict]] = {name: {} for name in COMPONEN
 
 
 def pytest_collection_modifyitems(items) -> None:
+    workflow_tests_last(items)
     for name, needs in COMPONENTS.items():
         _component_tests[name] = {item.nodeid for item in items if needs(item)}
 

@@ -22,7 +22,7 @@ TOUCH_EXAMPLE_DOC = DOCS / "pipeline.md"
 # Paths under results/ that the docs show but the demo does not write: examples of a user's
 # own config, or files written only when something fails.
 NOT_DEMO_PATHS = {
-    "results/predictions/my_cells/expanded_committee_0/": "a user's predict: entry",
+    "results/predictions/my_cells/expanded_anchored_0/": "a user's predict: entry",
     "results/predictions/my_cells/baseline_0/": "a user's predict: entry",
     "results/logs/index_data.excluded.csv": "written only when too many files are excluded",
 }

@@ -152,7 +152,7 @@ def test_the_docs_the_demo_is_checked_against():
             "docs/development.md"} <= pages
     assert not any(page.startswith("docs/results/") for page in pages) and "docs/configuration.md" not in pages
     shown = demo_result_paths()
-    assert {"results/models/student_expanded_committee_0.pth", "results/tables/headline.md",
+    assert {"results/models/student_expanded_anchored_0.pth", "results/tables/headline.md",
             "results/tables/selection.md", "results/figures/metrics.png", "results/figures/datasets.png",
             "results/data/pool_excluded.csv", "results/store/pool.json"} <= set(shown)
     # every exception is still shown somewhere; no path is a link to docs/results/
@@ -160,7 +160,7 @@ def test_the_docs_the_demo_is_checked_against():
     assert not any(path.startswith("results/20") for path in shown)
     # the README's first screen shows the checkpoint `emkt predict` uses, which the demo writes
     first_screen = "\n".join(README.read_text().splitlines()[:80])
-    assert "results/models/student_expanded_committee_0.pth" in result_paths(first_screen)
+    assert "results/models/student_expanded_anchored_0.pth" in result_paths(first_screen)
 
 
 def test_result_paths_expand_alternatives_and_skip_patterns_and_links():
@@ -172,7 +172,7 @@ def test_result_paths_expand_alternatives_and_skip_patterns_and_links():
 def test_touch_example_is_in_the_pipeline_doc():
     touched, rules = touch_example()
     assert TOUCH_EXAMPLE_DOC == DOCS / "pipeline.md"
-    assert touched == "results/models/student_expanded_committee_0.pth"
+    assert touched == "results/models/student_expanded_anchored_0.pth"
     assert rules == ["evaluate_networks", "evaluate_teachers"]
     assert "## Regenerating results" in TOUCH_EXAMPLE_DOC.read_text()
     with pytest.raises(ValueError, match="no touch example"):

@@ -12,7 +12,6 @@ import getpass
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_EXPANSION, job_stats, snakemake_command
+from conftest import DEMO, REPO, BackgroundRun, copy_external_inputs, job_stats
 
 pytestmark = pytest.mark.workflow
 
@@ -35,11 +34,16 @@ TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "
 DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill"}
 GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_networks", "evaluate_teachers",
                                                        "ensemble_soft_labels", "pseudo_label_shard"}
-# Inference speed and memory are measured, not computed: they differ between any two runs.
+# Inference speed and memory (metrics) and epoch times (a column of the training histories) are
+# measured, not computed: they differ between any two runs.
 MEASURED = {"images_per_s", "peak_memory_mb"}
-# The tiny demo DAG with both seeds (32 SLURM jobs): ~3 min 15 s through SLURM alone on the
-# 2-core machine; one seed saved almost nothing (jobs wait for status checks, not for CPUs).
-RUN_CONFIG = TINY_EXPANSION
+MEASURED_COLUMNS = {"seconds"}
+# Through SLURM: a slice of the shared demo run's DAG, with its config (DEMO), whose outputs the
+# demo run (the local reference) also writes: seed 0's evaluations of its networks and of its
+# teachers, so every training job of seed 0 (both expansion variants: both teacher kinds), the
+# data and light jobs; SLURM runs them while the demo runs locally beside it (the SLURM run
+# mostly waits for status checks).
+SLURM_TARGETS = ["results/eval/student_baseline_0.csv", "results/eval/teacher_joint_0.csv"]
 TIMEOUT_S = 900
 JOBNAME_PREFIX = f"emkttest{os.getpid()}"
 
@@ -61,10 +65,11 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_cluster():
-    """A SLURM cluster with accounting: the running one, or the local one started (and
-    stopped again) here."""
+    """A SLURM cluster with accounting: the running one, or the local one started here (and
+    stopped again as the session ends: the two SLURM tests are apart, one of them waits for
+    the shared demo run)."""
     started = False
     if not cluster_answers():
         start = SLURM_SCRIPTS / "start-local-slurm.sh"
@@ -133,43 +138,6 @@ def cancel_leftover_jobs() -> None:
         _run("scancel", *ids)
 
 
-def start_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.Popen:
-    """Start the repository's Snakefile in ``workdir``; stdout and stderr go to
-    ``<workdir>.out`` (a file, so that two runs at once cannot block on a full pipe)."""
-    command = snakemake_command(workdir, config, *args, cores=None)
-    with open(f"{workdir}.out", "w") as log:
-        return subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-
-
-def finish(process: subprocess.Popen, workdir: Path, deadline: float) -> str:
-    """Wait for a run until ``deadline`` (time.monotonic()); returns its output. A run that
-    hangs is interrupted (Snakemake then cancels its SLURM jobs) and fails the test."""
-    try:
-        process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        stop(process)
-        cancel_leftover_jobs()
-        output = Path(f"{workdir}.out").read_text()
-        raise AssertionError(f"snakemake in {workdir} did not finish in {TIMEOUT_S} s:\n{output[-6000:]}")
-    output = Path(f"{workdir}.out").read_text()
-    if process.returncode != 0:
-        raise AssertionError(f"snakemake in {workdir} failed ({process.returncode}):\n{output[-8000:]}")
-    return output
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGINT first (Snakemake cancels its SLURM jobs), then kill the whole process group."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def sacct_jobs(run_name: str, since: datetime) -> list[dict]:
     """This run's jobs as SLURM accounting recorded them (the plugin names every job of a
     run after the run, and puts the rule into --comment, which sacct shows in SubmitLine)."""
@@ -187,19 +155,32 @@ def sacct_jobs(run_name: str, since: datetime) -> list[dict]:
     return rows
 
 
+def same_table(ours: pd.DataFrame, theirs: pd.DataFrame) -> bool:
+    """Equal tables: the same columns and rows, text equal, numbers within 1e-6 (NaN = NaN);
+    rows of measured metrics (speed, memory) and measured columns (epoch times) left out."""
+    if "metric" in ours.columns:
+        ours, theirs = (t[~t["metric"].isin(MEASURED)].reset_index(drop=True) for t in (ours, theirs))
+    ours, theirs = (t.drop(columns=[c for c in MEASURED_COLUMNS if c in t.columns]) for t in (ours, theirs))
+    if list(ours.columns) != list(theirs.columns) or len(ours) != len(theirs):
+        return False
+    numeric = theirs.select_dtypes("number").columns
+    text = [c for c in theirs.columns if c not in numeric]
+    return ours[text].fillna("").equals(theirs[text].fillna("")) and \
+        np.allclose(ours[numeric].to_numpy(float), theirs[numeric].to_numpy(float), rtol=0, atol=1e-6, equal_nan=True)
+
+
 def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
-    summary_slurm, summary_local = (pd.read_csv(d / "results" / "tables" / "summary.csv") for d in (slurm_dir, local_dir))
-    summary_slurm, summary_local = (s[~s["metric"].isin(MEASURED)].reset_index(drop=True)
-                                    for s in (summary_slurm, summary_local))
-    assert list(summary_slurm.columns) == list(summary_local.columns) and len(summary_slurm) == len(summary_local)
-    numeric = summary_local.select_dtypes("number").columns
-    text = [c for c in summary_local.columns if c not in numeric]
-    assert summary_slurm[text].fillna("").equals(summary_local[text].fillna(""))
-    assert np.allclose(summary_slurm[numeric].to_numpy(float), summary_local[numeric].to_numpy(float),
-                       rtol=0, atol=1e-6, equal_nan=True)
-    models = sorted(p.name for p in (local_dir / "results" / "models").glob("*.pth"))
-    assert models == sorted(p.name for p in (slurm_dir / "results" / "models").glob("*.pth"))
-    assert len(models) == 5 * len(RUN_CONFIG["seeds"])
+    """Every table and checkpoint the SLURM run wrote equals the local run's file of that name."""
+    tables = sorted(p.relative_to(slurm_dir) for p in (slurm_dir / "results").glob("**/*.csv")
+                    if "benchmarks" not in p.parts and "logs" not in p.parts)
+    assert {"results/splits/datasplit.csv", "results/eval/student_expanded_anchored_0_per_image.csv",
+            "results/eval/teacher_joint_0_per_tile.csv", "results/history/student_expanded_committee_0.csv"} \
+        <= {str(p) for p in tables}, tables
+    different = [str(p) for p in tables if not same_table(pd.read_csv(slurm_dir / p), pd.read_csv(local_dir / p))]
+    assert not different, f"tables differ between the SLURM and the local run: {different}"
+    models = sorted(p.name for p in (slurm_dir / "results" / "models").glob("*.pth"))
+    assert set(models) == {p.name for p in (local_dir / "results" / "models").glob("*_0.pth")}
+    assert {"teacher_joint_error_map_0.pth", "student_expanded_committee_0.pth", "reference_ensemble_0.pth"} <= set(models)
     for name in models:
         ours = torch.load(slurm_dir / "results" / "models" / name, map_location="cpu", weights_only=False)
         theirs = torch.load(local_dir / "results" / "models" / name, map_location="cpu", weights_only=False)
@@ -249,30 +230,38 @@ def test_profile_requests_gpus_per_process_for_training_and_one_for_inference(tm
     assert resources["evaluate_networks"]["runtime"] == str(demo["evaluate"]["runtime"])
 
 
-@pytest.mark.slurm
-def test_demo_dag_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
-    profile = cluster_profile(tmp_path)
-    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
+@pytest.fixture(scope="session")
+def slurm_run(slurm_cluster, tmp_path_factory) -> tuple[Path, str, datetime]:
+    """The slice SLURM_TARGETS of the demo DAG (config DEMO) through SLURM: its folder,
+    Snakemake's output and when it started."""
+    folder = tmp_path_factory.mktemp("slurm")
+    profile = cluster_profile(folder)
+    slurm_dir = folder / "slurm"
     slurm_dir.mkdir()
-    local_dir.mkdir()
+    copy_external_inputs(slurm_dir)  # the demo config's external set and new images, as the demo has them
     since = datetime.now() - timedelta(seconds=5)
-    deadline = time.monotonic() + TIMEOUT_S
-
-    # The same config locally (the reference), at the same time: the SLURM run spends much
-    # of its time waiting for the next status check, and the results do not depend on load.
-    local = start_snakemake(local_dir, RUN_CONFIG, "--cores", "2", "results/tables/summary.csv")
+    # The same config as the shared demo run (the local reference), which runs meanwhile: the
+    # SLURM run spends much of its time waiting for the next status check, and the results do
+    # not depend on load.
+    run = BackgroundRun(slurm_dir, DEMO, "--profile", str(profile), *SLURM_TARGETS, cores=None, timeout_s=TIMEOUT_S)
     try:
-        output = finish(start_snakemake(slurm_dir, RUN_CONFIG, "--profile", str(profile)), slurm_dir, deadline)
-        finish(local, local_dir, deadline)
-    finally:
-        stop(local)
+        output = run.wait()
+    except AssertionError:  # failed, or hung and interrupted: no job of this test may stay queued
+        cancel_leftover_jobs()
+        raise
+    return slurm_dir, output, since
 
-    # Every job Snakemake ran went to SLURM, except rule 'all' (no command, nothing to run).
-    seeds = len(RUN_CONFIG["seeds"])
+
+@pytest.mark.slurm
+def test_demo_dag_slice_runs_every_job_through_slurm(slurm_run):
+    slurm_dir, output, since = slurm_run
+    # Every job Snakemake ran went to SLURM (the targets are files: no rule 'all' to run locally).
     planned = job_stats(output)
     finished = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
     assert finished == planned and "steps (100%) done" in output
-    assert finished.pop("all") == 1 and all(finished[rule] == seeds for rule in TRAINING_RULES)
+    assert "all" not in finished
+    assert {rule: finished[rule] for rule in TRAINING_RULES} == \
+        {"pretrain_teacher": 2, "train_student_baseline": 1, "joint_train": 2, "expand_student": 2}
     run_name = re.search(r"SLURM run ID: (\S+)", output).group(1)
     assert run_name.startswith(JOBNAME_PREFIX + "_")
     submitted = {m.group(1): m.group(2) for m in re.finditer(
@@ -290,8 +279,13 @@ def test_demo_dag_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
             sbatch_options = row["SubmitLine"].split(" --wrap")[0]
             assert "--gpus" not in sbatch_options and "--gres" not in sbatch_options, row
     recorded = Counter(submitted[row["JobIDRaw"]] for row in jobs)
-    assert all(recorded[rule] == seeds for rule in TRAINING_RULES)
-    assert recorded["evaluate_networks"] == recorded["evaluate_teachers"] == seeds
+    assert recorded == finished
+    assert recorded["evaluate_networks"] == recorded["evaluate_teachers"] == 1
+    assert {"generate_synthetic_data", "split_data", "store_manifest"} <= set(recorded)  # light jobs too
 
-    # The local run gives the same numbers and the same weights.
-    assert_same_results(slurm_dir, local_dir)
+
+@pytest.mark.slurm
+def test_demo_dag_through_slurm_matches_a_local_run(slurm_run, demo_run):
+    """The shared demo run (the same config, run locally) wrote the same numbers and the same
+    weights as the SLURM run."""
+    assert_same_results(slurm_run[0], demo_run)

@@ -21,7 +21,7 @@ import tifffile
 import torch
 import yaml
 
-from conftest import REPO, SHARED_DATA, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
+from conftest import DEMO, NEW_IMAGES, REPO, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
 from docs_text import NOT_DEMO_PATHS, demo_result_paths, touch_example
 from emkt.checkpoints import load_checkpoint
 from emkt.resume import HOLD_ENV
@@ -51,52 +51,6 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     return result
 
 
-# The demo run also scores every network on an external labelled set (real EM, other sizes
-# than the synthetic training images) and segments a folder of new images with one student.
-# Two expansion variants: anchored (the default) and a committee of both teacher kinds (so
-# the error-map teacher is pretrained and joint-trained too); the fixture run has the others.
-DEMO = merged(TINY, {
-    "expand": {"variants": ["anchored", "committee"]},
-    "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
-    "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded_anchored"], "seeds": [0],
-                 "probability": "uint8"}],
-})
-NEW_IMAGES = {"mitochondria1.tiff": (138, 224), "mitochondria2.tiff": (224, 224), "pan_seg.png": (256, 256)}
-
-
-def copy_external_inputs(workdir: Path) -> None:
-    """The demo's external set (the real-EM fixture's cem_examples: 138x224 and 224x224
-    images, instance masks) and new images (TIFF and PNG); a generated set if the fixture
-    is missing."""
-    from PIL import Image
-
-    from emkt.synthetic import generate_labelled_set
-
-    external = workdir / "external" / "em_mito_mini"
-    source = SHARED_DATA / "cem_mitolab"
-    if source.is_dir():
-        shutil.copytree(source / "cem_examples", external / "cem_examples")
-        images = {name: source / folder / "images" / name.replace(".png", ".tiff")
-                  for name, folder in zip(NEW_IMAGES, ["cem_examples", "cem_examples", "empanada_panoptic"])}
-    else:
-        generated = generate_labelled_set(external, 1, 5, (70, 90), seed=9)
-        images = {f"{k}.tiff": path for k, path in enumerate(generated[:3])}
-    (workdir / "new_images").mkdir()
-    for name, path in images.items():
-        if name.endswith(".png"):
-            Image.fromarray(tifffile.imread(path)).save(workdir / "new_images" / name)
-        else:
-            shutil.copy(path, workdir / "new_images" / name)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("demo_dag")
-    copy_external_inputs(workdir)
-    snakemake(workdir, DEMO)
-    return workdir
-
-
 def evaluated_networks(dry_run: str) -> set[str]:
     """The networks whose test metrics a dry run's evaluation jobs write (role_condition)."""
     return set(re.findall(r"results/eval/((?:student|reference)_\w+?)_\d+\.csv", dry_run))
@@ -114,14 +68,14 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     """The paper's DAG (5 seeds, EMPIAR data) resolves before anything is downloaded."""
     result = snakemake(tmp_path, {}, "-n")
     jobs = job_stats(result.stdout + result.stderr)
-    # The default expansion variant, the committee, needs both teacher kinds: two pretrained
-    # and two joint-trained teachers (each with its joint student) per seed.
+    # The default expansion variant, anchored, needs one teacher kind (the Critic): one
+    # pretrained and one joint-trained teacher (with its joint student) per seed.
     assert jobs["train_student_baseline"] == jobs["expand_student"] == 5
-    assert jobs["pretrain_teacher"] == jobs["joint_train"] == 10
-    # One evaluation job per seed for its 7 students and 3 references (unet, basicunet, their
-    # ensemble with the baseline), one for its 4 teachers.
+    assert jobs["pretrain_teacher"] == jobs["joint_train"] == 5
+    # One evaluation job per seed for its 6 students and 3 references (unet, basicunet, their
+    # ensemble with the baseline), one for its 2 teachers.
     assert jobs["evaluate_networks"] == jobs["evaluate_teachers"] == 5
-    assert len(evaluated_networks(result.stdout)) == 10
+    assert len(evaluated_networks(result.stdout)) == 9
     assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
     assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
@@ -313,7 +267,7 @@ def test_every_results_path_the_docs_show_is_written_by_the_demo(demo_run):
     # README.md and docs/*.md, not docs/results/ (studies in their own folders) nor the
     # generated configuration reference (tests/docs_text.py: demo_docs)
     shown = demo_result_paths()
-    assert "results/models/student_expanded_committee_0.pth" in shown and "results/tables/selection.md" in shown
+    assert "results/models/student_expanded_anchored_0.pth" in shown and "results/tables/selection.md" in shown
     missing = {path: pages for path, pages in sorted(shown.items())
                if path not in NOT_DEMO_PATHS and not (demo_run / path).exists()}
     assert not missing, f"the docs show paths the demo does not write (path: pages): {missing}"
@@ -536,18 +490,39 @@ def test_the_kill_ends_the_job_of_its_own_session_only(tmp_path):
             process.wait()
 
 
-def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
+# The data rules' outputs for TINY's data settings (generated images, index, split, labelled
+# store), made once: the runs that only train a baseline start from a copy of them.
+DATA_TARGETS = ("results/splits/datasplit.csv", "results/store/labelled.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_data_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny_data_run")
+    snakemake(workdir, merged(TINY, {"seeds": [0]}), *DATA_TARGETS)
+    return workdir
+
+
+def from_data_run(data_run: Path, workdir: Path) -> Path:
+    """``workdir`` with a copy of the data run's results and of Snakemake's records of them
+    (file times kept): a run there finds the data up to date and starts with the training."""
+    shutil.copytree(data_run / "results", workdir / "results")
+    shutil.copytree(data_run / ".snakemake" / "metadata", workdir / ".snakemake" / "metadata")
+    return workdir
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tiny_data_run, tmp_path):
     """Kill a real training job mid-run: Snakemake's retry resumes it from the last saved
     epoch; after a crash of Snakemake itself, --rerun-incomplete does. Either way the
     checkpoint and the history equal an uninterrupted run's."""
-    config = merged(TINY, {"seeds": [0], "student_baseline": {"epochs": 30}})
+    # 8 epochs: the resumed part (after epoch HOLD_EPOCH) crosses the learning-rate step of
+    # TINY's train.lr_step_epochs (5), so a schedule not restored would show in the history
+    config = merged(TINY, {"seeds": [0], "student_baseline": {"epochs": 8}})
+    assert HOLD_EPOCH < config["train"]["lr_step_epochs"] < config["student_baseline"]["epochs"]
     target = "results/models/student_baseline_0.pth"
-    reference = tmp_path / "reference"
-    reference.mkdir()
+    reference = from_data_run(tiny_data_run, tmp_path / "reference")
     snakemake(reference, config, target)
 
-    job_killed = tmp_path / "job_killed"
-    job_killed.mkdir()
+    job_killed = from_data_run(tiny_data_run, tmp_path / "job_killed")
     decoy = start_decoy()  # not ours to kill, though its command line names the training script
     try:
         assert decoy.stdout.readline() == "up\n"
@@ -558,8 +533,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
         decoy.wait()
     assert process.returncode == 0, output[-4000:]  # resources.train.retries restarted the job
 
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
+    crashed = from_data_run(tiny_data_run, tmp_path / "crashed")
     process, _ = run_and_kill(crashed, config, target, kill_everything)
     assert process.returncode == -signal.SIGKILL
     snakemake(crashed, config, "--unlock")
@@ -577,11 +551,12 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
         pd.testing.assert_frame_equal(*rows)
 
 
-def test_a_collapsing_run_fails_loudly(tmp_path):
+def test_a_collapsing_run_fails_loudly(tiny_data_run, tmp_path):
     config = merged(TINY, {"seeds": [0], "train": {"pos_weight": 1e-6, "lr": 0.05, "collapse_patience": 2},
                            "student_baseline": {"epochs": 8}, "resources": {"train": {"retries": 0}}})
-    result = snakemake(tmp_path, config, "results/models/student_baseline_0.pth", check=False)
+    workdir = from_data_run(tiny_data_run, tmp_path / "run")
+    result = snakemake(workdir, config, "results/models/student_baseline_0.pth", check=False)
     assert result.returncode != 0
-    log = (tmp_path / "results" / "logs" / "train_student_baseline" / "0.log").read_text()
+    log = (workdir / "results" / "logs" / "train_student_baseline" / "0.log").read_text()
     assert "TrainingCollapsed" in log and "train.collapse_patience = 2" in log
-    assert not (tmp_path / "results" / "models" / "student_baseline_0.pth").exists()
+    assert not (workdir / "results" / "models" / "student_baseline_0.pth").exists()

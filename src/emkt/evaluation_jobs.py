@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .calibration import calibrate, stored_calibration
-from .evaluate import (calibrated_scores, evaluate_segmenter, fine_tuning_scores, panel_arrays, pixel_error_auroc,
+from .evaluate import (calibrated_scores, evaluate_segmenter, fine_tuning_scores, pixel_error_auroc,
                        summarise_teacher, teacher_predictions)
 from .inference import predict_probability
 from .metrics import PixelAurocMeter, agreement_with_reference
