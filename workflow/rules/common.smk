@@ -44,6 +44,12 @@ EXTERNAL = {entry["name"]: entry for entry in config["external_test"]}
 PREDICT = {entry["name"]: entry for entry in config["predict"]}
 if EXTERNAL:
     FIGURES.append("results/figures/datasets.png")
+# Scheduling priorities (Snakemake runs the ready job of highest priority first): the light
+# store jobs that unblock training first, then the longest chain of a seed (teacher
+# pretraining, joint training, expansion), then what several conditions start from (the
+# baseline student, the segmenters, soft and pseudo-labels), so that the shorter jobs fill
+# the cores at the end instead of a chain holding up the evaluation.
+PRIORITY = {"unblocks": 3, "longest_chain": 2, "shared_start": 1}
 # One conda env per rule family (envs/*.yaml, paths relative to the rule files).
 ENVS = {family: f"../../envs/{family}.yaml" for family in ("data", "train", "report")}
 LABELLED_STORE = "results/store/labelled.json"

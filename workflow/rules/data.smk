@@ -97,6 +97,7 @@ rule pack_labelled_shard:
         "results/logs/pack_labelled_shard/{shard}.log",
     benchmark:
         "results/benchmarks/pack_labelled_shard/{shard}.tsv"
+    priority: PRIORITY['unblocks']
     threads: config["resources"]["data"]["threads"]
     resources:
         **job_resources("data"),
@@ -120,6 +121,7 @@ rule pack_pool_shard:
         "results/logs/pack_pool_shard/{shard}.log",
     benchmark:
         "results/benchmarks/pack_pool_shard/{shard}.tsv"
+    priority: PRIORITY['unblocks']
     threads: config["resources"]["data"]["threads"]
     resources:
         **job_resources("data"),
@@ -141,6 +143,7 @@ rule store_manifest:
         "results/logs/store_manifest/{store_set}.log",
     benchmark:
         "results/benchmarks/store_manifest/{store_set}.tsv"
+    priority: PRIORITY['unblocks']
     threads: config["resources"]["light"]["threads"]
     resources:
         **job_resources("light"),

@@ -20,6 +20,7 @@ rule train_segmenter:
     benchmark:
         "results/benchmarks/train_segmenter/{segmenter}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
+    priority: PRIORITY['shared_start']
     threads: config["resources"]["train"]["threads"]
     resources:
         **training_resources(),
@@ -46,6 +47,7 @@ rule ensemble_soft_labels:
         "results/logs/ensemble_soft_labels/{seed}.log",
     benchmark:
         "results/benchmarks/ensemble_soft_labels/{seed}.tsv"
+    priority: PRIORITY['shared_start']
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),
@@ -93,6 +95,7 @@ rule pseudo_label_shard:
         "results/logs/pseudo_label_shard/{seed}_{shard}.log",
     benchmark:
         "results/benchmarks/pseudo_label_shard/{seed}_{shard}.tsv"
+    priority: PRIORITY['shared_start']
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         **job_resources("evaluate"),

@@ -23,6 +23,7 @@ rule pretrain_teacher:
     benchmark:
         "results/benchmarks/pretrain_teacher/{pretrained}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
+    priority: PRIORITY['longest_chain']
     threads: config["resources"]["train"]["threads"]
     resources:
         **training_resources(),
@@ -47,6 +48,7 @@ rule train_student_baseline:
     benchmark:
         "results/benchmarks/train_student_baseline/{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
+    priority: PRIORITY['shared_start']
     threads: config["resources"]["train"]["threads"]
     resources:
         **training_resources(),
@@ -74,6 +76,7 @@ rule joint_train:
     benchmark:
         "results/benchmarks/joint_train/{joint}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
+    priority: PRIORITY['longest_chain']
     threads: config["resources"]["train"]["threads"]
     resources:
         **training_resources(),
@@ -105,6 +108,7 @@ rule expand_student:
     benchmark:
         "results/benchmarks/expand_student/{variant}_{seed}.tsv"
     retries: config["resources"]["train"].get("retries", 0)
+    priority: PRIORITY['longest_chain']
     threads: config["resources"]["train"]["threads"]
     resources:
         **training_resources(),
