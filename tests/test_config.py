@@ -57,7 +57,7 @@ def test_paper_and_demo_configs_are_valid():
          "'external_test' uses the name(s) ['a'] more than once"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["expansion"]}]),
          "'predict.0.networks' names ['expansion'], which the listed conditions do not train; allowed: ['baseline', "
-         "'joint', 'joint_error_map', 'expanded_committee'"),
+         "'joint', 'expanded_anchored', 'ensemble_distilled'"),
         (lambda c: c["expand"].update(variants=["greedy"]), "'expand.variants.0' = 'greedy' is not allowed; allowed "
          "values: ['faithful', 'anchored', 'error_map', 'alternating', 'committee']"),
         (lambda c: c["expand"].update(consistency="l2"), "'expand.consistency' = 'l2' is not allowed"),

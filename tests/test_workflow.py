@@ -254,7 +254,9 @@ def test_touching_a_checkpoint_reruns_only_its_evaluations_and_the_summary(demo_
     # the demo run also has an external set: the seed's evaluation on it too
     assert {rule: jobs[rule] for rule in [*rules, "evaluate_external", "aggregate"]} == \
         {**{rule: 1 for rule in rules}, "evaluate_external": 1, "aggregate": 1}
-    assert {rule for rule in jobs if not rule.startswith(("evaluate_", "plot_"))} == {"aggregate", "all"}
+    # ... and its prediction folder, which it segments with this very network
+    assert touched == "results/models/student_expanded_anchored_0.pth" and DEMO["predict"][0]["networks"] == ["expanded_anchored"]
+    assert {rule for rule in jobs if not rule.startswith(("evaluate_", "plot_"))} == {"aggregate", "all", "predict_images"}
     snakemake(demo_run, DEMO)
     after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     name = Path(touched).name
