@@ -9,6 +9,7 @@ from jobsetup import data_files, start_torch_job
 seed = int(snakemake.wildcards.seed)
 config, device = start_torch_job(snakemake, seed)
 
+import functools
 import logging
 
 import numpy as np
@@ -22,10 +23,13 @@ from emkt.files import atomic_path
 ev = config["evaluate"]
 networks, paths = snakemake.params.networks, list(snakemake.input.models)
 outputs = zip(snakemake.output.metrics, snakemake.output.per_image, snakemake.output.panel)
-# First, before this process runs any network (see checkpoint_inference_costs).
+# Each in a process of its own (see checkpoint_inference_costs), before this job scores any
+# network: the measurement has the job's core to itself.
 costs = checkpoint_inference_costs(paths, ev["batch_size"], device)
 files = data_files(snakemake, config)
 items = files.split_items("test")
+# read only for checkpoints saved without a calibration, and then once for all of them
+val_items = functools.cache(lambda: files.split_items("val"))
 # The feature-distilled student's teacher (by condition): its test probability maps, kept
 # when that network is evaluated here, computed otherwise.
 agreement = dict(snakemake.params.agreement)
@@ -39,7 +43,7 @@ for (role, condition), path, cost, (metrics_path, per_image_path, panel_path) in
             kept_probs[reference] = network_probabilities(*load_model(reference, expected_kind=SEGMENTATION_KINDS),
                                                           items, ev, device)
         reference_probs = kept_probs[reference]
-    result = evaluate_network(model, checkpoint, role, condition, seed, items, lambda: files.split_items("val"), ev,
+    result = evaluate_network(model, checkpoint, role, condition, seed, items, val_items, ev,
                               device, cost, reference_probs)
     if path in agreement.values():
         kept_probs[path] = result.probs
