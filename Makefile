@@ -33,9 +33,11 @@ study: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The fast tier: unit tests only, no Snakemake runs and no SLURM (the target is a minute on 2 cores).
+# The fast tier: unit tests only, no Snakemake runs, no SLURM and not the dozen unit tests that take
+# 3 s or more (marked slow); in TEST_WORKERS processes (pytest-xdist). Target: under a minute on 2 cores.
+TEST_WORKERS ?= 2
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not workflow and not slurm"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not workflow and not slurm and not slow"
 
 # Store vs. per-file TIFF reading on a generated pool of 100,000 images (~10 GB in benchmarks/out/).
 benchmark: setup

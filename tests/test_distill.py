@@ -166,6 +166,7 @@ def pseudo_manifest(labeller: torch.nn.Module, tiny_data, tmp_path) -> str:
     return tmp_path / "pseudo.json"
 
 
+@pytest.mark.slow
 def test_ensemble_distillation_self_training_and_feature_distillation_run_and_log(tiny_config, tiny_data, tmp_path):
     torch.set_num_threads(1)
     seed_everything(0)
@@ -237,6 +238,7 @@ def test_inference_cost_reports_parameters_speed_and_memory():
     assert cost["images_per_s"] > 0 and cost["peak_memory_mb"] > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_costs_measure_each_network_as_if_it_ran_alone(tmp_path):
     """One job measures several networks: each in a process forked before any of them ran, so
     that memory a network freed does not hide the next one's peak; a file that is no network

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # modules whose jobs (aggregate, plots of tables, index/split/pack/screen, config checks) need no network
 TORCH_FREE = ["emkt.config", "emkt.config_reference", "emkt.tables", "emkt.headline", "emkt.plots", "emkt.indexing",
               "emkt.store", "emkt.screening", "emkt.data", "emkt.synthetic", "emkt.cluster", "emkt.selection"]
@@ -22,6 +24,7 @@ print(json.dumps(culprits))
 """
 
 
+@pytest.mark.slow
 def test_table_and_data_modules_import_without_torch():
     out = subprocess.run([sys.executable, "-c", PROBE, *TORCH_FREE], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [], f"imports torch or MONAI: {out.stdout.strip()}"

@@ -300,6 +300,7 @@ def test_grid_shape():
     assert plots.grid_shape(0, 4) == (1, 1)
 
 
+@pytest.mark.slow
 def test_metrics_figure_is_a_grid_a_screen_wide(tmp_path, saved_figures):
     out = tmp_path / "metrics.png"
     plot_metric_bars(realistic_long(), out, METRICS)
@@ -314,6 +315,7 @@ def test_metrics_figure_is_a_grid_a_screen_wide(tmp_path, saved_figures):
     assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == STUDENTS + REFERENCES
 
 
+@pytest.mark.slow
 def test_datasets_figure_size(tmp_path, saved_figures):
     out = tmp_path / "datasets.png"
     plot_dataset_bars(realistic_long(), out, ["iou", "dice", "object_f1", "pq"])
@@ -346,6 +348,7 @@ def test_teacher_scatter_size(tmp_path, saved_figures):
     assert grid_of(saved_figures[0]) == (2, 2)
 
 
+@pytest.mark.slow
 def test_training_curves_size(tmp_path, saved_figures):
     stages = ["teacher_pretrained", "teacher_pretrained_error_map", "segmenter_unet", "segmenter_basicunet",
               "student_baseline", "joint", "joint_error_map", "student_expanded_anchored",
@@ -374,6 +377,7 @@ def test_five_seeds_get_five_line_styles(tmp_path, saved_figures):
     assert len({str(line._unscaled_dash_pattern) for line in lines}) == 5
 
 
+@pytest.mark.slow
 def test_prediction_panel_size(tmp_path):
     rng = np.random.default_rng(3)
     n, h, w = 4, 128, 128

@@ -140,6 +140,7 @@ def test_batches_group_same_shapes_within_the_size_and_pixel_limits():
 # --- post-processing --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_perfect_probability_gives_the_ground_truth_instances_back():
     """Connected components of a perfect probability map: every predicted object is exactly a
     union of whole ground-truth objects, and where no two ground-truth objects touch it is the
@@ -389,6 +390,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_predicts_a_folder_and_prints_the_summary(student, em_folder, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -402,6 +404,7 @@ def test_cli_predicts_a_folder_and_prints_the_summary(student, em_folder, tmp_pa
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 2
 
 
+@pytest.mark.slow
 def test_cli_help_and_a_text_file_as_checkpoint(tmp_path):
     helped = run_cli("--help")
     assert helped.returncode == 0 and "predict" in helped.stdout

@@ -39,6 +39,7 @@ def pack(index, out, shards=2, tile=224, processes=1):
     return labelled, pool
 
 
+@pytest.mark.slow
 def test_real_fixture_round_trip(shared_data, tmp_path):
     index, _ = build_index(shared_data / "cem_mitolab", shared_data / "unlabelled")
     labelled, pool = pack(index, tmp_path, shards=3, processes=2)

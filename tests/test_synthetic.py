@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 from scipy import ndimage as ndi
@@ -195,6 +196,7 @@ def _train_unet(x_tr: np.ndarray, y_tr: np.ndarray, steps: int, batch: int = 16)
     return net
 
 
+@pytest.mark.slow
 def test_unet_beats_best_global_threshold(tmp_path: Path) -> None:
     """Mitochondria are defined by shape and texture, not by a grey level."""
     train = generate_labelled_set(tmp_path / "train", 3, 100, (64, 64), seed=11)

@@ -68,6 +68,7 @@ def test_all_stages_chain_and_log(tiny_config, tiny_data, tmp_path):
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+@pytest.mark.slow
 def test_error_map_teacher_and_every_expansion_variant(tiny_config, tiny_data, tmp_path):
     """The error-map teacher pretrains and joint-trains on per-pixel targets; each variant
     expands the same joint student, and only the alternating one changes its teacher."""
@@ -164,6 +165,7 @@ def run_interrupted(monkeypatch, after_epochs: int, run):
             run()
 
 
+@pytest.mark.slow
 def test_interrupted_stages_resume_to_the_uninterrupted_result(tiny_config, tiny_data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     config = merged(tiny_config, {"student_baseline": {"epochs": 4}, "joint": {"epochs": 3}})
