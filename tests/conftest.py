@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,8 @@ def merged(base: dict, update: dict) -> dict:
 # teacher kinds (so the error-map teacher is pretrained and joint-trained too); the real-EM
 # fixture run (tests/test_workflow.py) has the others.
 DEMO = merged(TINY, {
+    # one pool shard: one pseudo-labelling job per seed (the sharded path runs in tests of its own)
+    "store": {"pool_shards": 1},
     "expand": {"variants": ["anchored", "committee"]},
     "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
     "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded_anchored"], "seeds": [0],
@@ -277,8 +280,29 @@ def demo_run(demo_dag) -> Path:
     return demo_dag.workdir
 
 
-def reads_demo_run(item) -> bool:
-    return "demo_run" in getattr(item, "fixturenames", ())
+@pytest.fixture(scope="session")
+def slurm_dag(tmp_path_factory):
+    """A slice of the demo DAG through SLURM (tests/slurm_cluster.py), started (not finished)."""
+    from slurm_cluster import BackgroundSlurmRun
+
+    run = BackgroundSlurmRun(tmp_path_factory.mktemp("slurm"))
+    _started_runs["slurm_dag"] = run
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_run(slurm_dag) -> tuple[Path, str, datetime]:
+    """The finished SLURM slice: its folder, Snakemake's output and a time before its first job."""
+    return slurm_dag.wait()
+
+
+# the shared runs, by the fixture a test reads and the fixture that starts the run
+SHARED_RUNS = {"slurm_run": "slurm_dag", "demo_run": "demo_dag"}
+
+
+def reads_shared_run(item) -> bool:
+    return bool(set(SHARED_RUNS) & set(getattr(item, "fixturenames", ())))
 
 
 def is_workflow_test(item) -> bool:
@@ -286,25 +310,34 @@ def is_workflow_test(item) -> bool:
 
 
 def workflow_tests_last(items) -> None:
-    """Unit tests first, then the workflow tests, then the tests that read the finished demo
-    run; the order is kept within each group."""
-    items.sort(key=lambda item: (is_workflow_test(item), reads_demo_run(item)))
+    """Unit tests first, then the workflow tests, then the tests that read a shared run (the
+    demo run, the SLURM slice); the order is kept within each group."""
+    items.sort(key=lambda item: (is_workflow_test(item), reads_shared_run(item)))
 
 
-_demo_run_needed = False  # some selected test reads the demo run: start it as the session starts
+_runs_to_start: list[str] = []  # the shared runs some selected test reads: they start as the session starts
+_started_runs: dict = {}  # fixture name -> the run it started, where it can be released early
+_last_slurm_reader: list[str] = []  # the node id of the last test reading the SLURM slice
 
 
 def pytest_collection_finish(session) -> None:
-    global _demo_run_needed
-    _demo_run_needed = any(reads_demo_run(item) for item in session.items)
+    read = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    _runs_to_start[:] = [start for reader, start in SHARED_RUNS.items() if reader in read]
+    _last_slurm_reader[:] = [item.nodeid for item in session.items if "slurm_run" in getattr(item, "fixturenames", ())][-1:]
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    # the SLURM slice's last reader is done: its cluster stops while the other tests go on
+    if [item.nodeid] == _last_slurm_reader and "slurm_dag" in _started_runs:
+        _started_runs["slurm_dag"].stop_in_background()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def demo_run_in_the_background(request):
-    """The demo run starts with the session when a selected test reads it; the tests before
-    the readers run beside it."""
-    if _demo_run_needed:
-        request.getfixturevalue("demo_dag")
+def shared_runs_in_the_background(request):
+    """The shared runs that selected tests read start with the session; the tests before
+    their readers run beside them."""
+    for fixture in _runs_to_start:
+        request.getfixturevalue(fixture)
 
 
 # --- what the run exercised ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 # modules whose jobs (aggregate, plots of tables, index/split/pack/screen, config checks) need no network
-TORCH_FREE = ["emkt.config", "emkt.config_reference", "emkt.tables", "emkt.headline", "emkt.plots", "emkt.indexing",
+TORCH_FREE = ["emkt.config", "emkt.scores", "emkt.config_reference", "emkt.tables", "emkt.headline", "emkt.plots", "emkt.indexing",
               "emkt.store", "emkt.screening", "emkt.data", "emkt.synthetic", "emkt.cluster", "emkt.selection"]
 
 # one interpreter imports them in turn and notes the first that brought torch or MONAI in

@@ -8,28 +8,26 @@ software deployment, fast status polling, partition ``debug``.
 
 from __future__ import annotations
 
-import getpass
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 import yaml
 
-from conftest import DEMO, REPO, BackgroundRun, copy_external_inputs, job_stats
+from conftest import REPO, job_stats
+from slurm_cluster import JOBNAME_PREFIX, run_command
 
 pytestmark = pytest.mark.workflow
 
-SLURM_SCRIPTS = REPO.parent / "shared" / "slurm"
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill"}
 GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_networks", "evaluate_teachers",
@@ -38,104 +36,8 @@ GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_networks", "eva
 # measured, not computed: they differ between any two runs.
 MEASURED = {"images_per_s", "peak_memory_mb"}
 MEASURED_COLUMNS = {"seconds"}
-# Through SLURM: a slice of the shared demo run's DAG, with its config (DEMO), whose outputs the
-# demo run (the local reference) also writes: seed 0's teacher evaluation, so seed 0's teacher
-# pretraining, baseline, joint training and expansion (both expansion variants: both teacher
-# kinds), one inference job, and the data and light jobs; SLURM runs them while the demo runs
-# locally beside it (the SLURM run mostly waits for status checks).
-SLURM_TARGETS = ["results/eval/teacher_joint_0.csv"]
-TIMEOUT_S = 900
-JOBNAME_PREFIX = f"emkttest{os.getpid()}"
-
-
-def _run(*command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
-def cluster_answers() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        return _run("sinfo", "-h", timeout=30).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A SLURM cluster with accounting: the running one, or the local one started here (and
-    stopped again as the session ends: the two SLURM tests are apart, one of them waits for
-    the shared demo run)."""
-    started = False
-    if not cluster_answers():
-        start = SLURM_SCRIPTS / "start-local-slurm.sh"
-        if os.geteuid() != 0:
-            pytest.skip("no SLURM cluster answers (sinfo) and starting the local one needs root")
-        if not start.is_file():
-            pytest.skip(f"no SLURM cluster answers (sinfo) and {start} is missing")
-        try:
-            result = subprocess.run(["bash", str(start)], env={**os.environ, "SLURM_WITH_DBD": "1"},
-                                    capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired as error:
-            pytest.skip(f"{start} did not finish in 900 s:\n{tail(str(error.stdout or ''))}")
-        started = True  # stop what it may have started, also when it failed half-way
-        if result.returncode != 0 or not cluster_answers():
-            subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-local-slurm.sh")], capture_output=True, timeout=120)
-            pytest.skip(f"{start} failed ({result.returncode}):\n{tail(result.stdout + result.stderr)}")
-    try:
-        accounting = _run("sacct", "-n", "-X", "-S", "now")
-        if accounting.returncode != 0:
-            pytest.skip(f"the SLURM cluster has no working accounting (sacct: {accounting.stderr.strip()}); "
-                        "this test checks the jobs in sacct")
-        yield
-    finally:
-        if started:
-            subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-local-slurm.sh")], capture_output=True, timeout=120)
-
-
-def partition() -> str:
-    """'debug' (the local cluster's) where it exists, else the cluster's default partition."""
-    names = _run("sinfo", "-h", "-o", "%P").stdout.split()
-    if "debug" in names or "debug*" in names or not names:
-        return "debug"
-    return next((n.rstrip("*") for n in names if n.endswith("*")), names[0])
-
-
-def user_account() -> str | None:
-    """An account this user may submit to (the local cluster: 'root'), if accounting has any."""
-    result = _run("sacctmgr", "-n", "-P", "show", "associations", f"user={getpass.getuser()}", "format=account")
-    accounts = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    return accounts[0] if result.returncode == 0 and accounts else None
-
-
-def cluster_profile(tmp_path: Path) -> Path:
-    """The repository's slurm/config.yaml, adjusted for a CPU-only node without conda."""
-    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
-    assert profile["executor"] == "slurm"
-    assert "set-resources" not in profile  # GPU counts come from the config (the test config asks for none)
-    profile.pop("software-deployment-method")
-    profile["default-resources"]["slurm_partition"] = partition()
-    account = user_account()
-    if account:  # as a user would set it; the plugin checks it with sacctmgr
-        profile["default-resources"]["slurm_account"] = account
-    profile["slurm-init-seconds-before-status-checks"] = 2
-    profile["seconds-between-status-checks"] = 2
-    profile["slurm-jobname-prefix"] = JOBNAME_PREFIX  # to find (and cancel) this test's jobs
-    folder = tmp_path / "profile"
-    folder.mkdir()
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return folder
-
-
-def cancel_leftover_jobs() -> None:
-    listed = _run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
-    ids = [line.split()[0] for line in listed if line.strip() and line.split()[1].startswith(JOBNAME_PREFIX + "_")]
-    if ids:
-        _run("scancel", *ids)
+# what the slice's inference job (segmenting the demo's new images) writes
+PREDICTED = "results/predictions/new_images/expanded_anchored_0"
 
 
 def sacct_jobs(run_name: str, since: datetime) -> list[dict]:
@@ -145,8 +47,8 @@ def sacct_jobs(run_name: str, since: datetime) -> list[dict]:
     # Accounting is written asynchronously; the plugin saw every job COMPLETED in sacct
     # already, so this is a formality, but allow a few seconds.
     for _ in range(10):
-        result = _run("sacct", "-X", "-n", "-P", f"--format={','.join(fields)}", "--name", run_name,
-                      "-S", since.strftime("%Y-%m-%dT%H:%M:%S"))
+        result = run_command("sacct", "-X", "-n", "-P", f"--format={','.join(fields)}", "--name", run_name,
+                             "-S", since.strftime("%Y-%m-%dT%H:%M:%S"))
         assert result.returncode == 0, result.stderr
         rows = [dict(zip(fields, line.split("|", len(fields) - 1))) for line in result.stdout.splitlines() if line]
         if rows and all(row["State"] not in ("PENDING", "RUNNING", "COMPLETING") for row in rows):
@@ -170,19 +72,17 @@ def same_table(ours: pd.DataFrame, theirs: pd.DataFrame) -> bool:
 
 
 def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
-    """Every table and checkpoint the SLURM run wrote equals the local run's file of that name."""
+    """Every table, checkpoint and image the SLURM run wrote equals the local run's file of that name."""
     tables = sorted(p.relative_to(slurm_dir) for p in (slurm_dir / "results").glob("**/*.csv")
                     if "benchmarks" not in p.parts and "logs" not in p.parts)
-    assert {"results/splits/datasplit.csv", "results/history/student_expanded_anchored_0.csv",
-            "results/eval/teacher_joint_0_per_tile.csv", "results/history/student_expanded_committee_0.csv"} \
-        <= {str(p) for p in tables}, tables
+    assert {"results/splits/datasplit.csv", "results/history/teacher_pretrained_0.csv",
+            "results/history/student_expanded_anchored_0.csv",
+            f"{PREDICTED}/predictions.csv"} <= {str(p) for p in tables}, tables
     different = [str(p) for p in tables if not same_table(pd.read_csv(slurm_dir / p), pd.read_csv(local_dir / p))]
     assert not different, f"tables differ between the SLURM and the local run: {different}"
     models = sorted(p.name for p in (slurm_dir / "results" / "models").glob("*.pth"))
-    assert set(models) == {f"teacher_{stage}_0.pth" for stage in ("pretrained", "joint", "pretrained_error_map",
-                                                                    "joint_error_map")} \
-        | {f"student_{student}_0.pth" for student in ("baseline", "joint", "joint_error_map", "expanded_anchored",
-                                                     "expanded_committee")}
+    assert models == ["student_expanded_anchored_0.pth", "student_joint_0.pth", "teacher_joint_0.pth",
+                      "teacher_pretrained_0.pth"]
     for name in models:
         ours = torch.load(slurm_dir / "results" / "models" / name, map_location="cpu", weights_only=False)
         theirs = torch.load(local_dir / "results" / "models" / name, map_location="cpu", weights_only=False)
@@ -191,6 +91,11 @@ def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
         assert ours["state_dict"].keys() == theirs["state_dict"].keys(), name
         different = [k for k, v in ours["state_dict"].items() if not torch.equal(v, theirs["state_dict"][k])]
         assert not different, f"{name}: tensors differ between the SLURM and the local run: {different}"
+    images = sorted(p.relative_to(slurm_dir) for p in (slurm_dir / PREDICTED).glob("*/*.tiff"))
+    assert len(images) == 9, images  # probability, mask and instances of the three new images
+    different = [str(p) for p in images
+                 if not np.array_equal(tifffile.imread(slurm_dir / p), tifffile.imread(local_dir / p))]
+    assert not different, f"images differ between the SLURM and the local run: {different}"
 
 
 def resolved_resources(tmp_path: Path, overrides: dict) -> dict[str, dict[str, str]]:
@@ -232,28 +137,6 @@ def test_profile_requests_gpus_per_process_for_training_and_one_for_inference(tm
     assert resources["evaluate_networks"]["runtime"] == str(demo["evaluate"]["runtime"])
 
 
-@pytest.fixture(scope="session")
-def slurm_run(slurm_cluster, tmp_path_factory) -> tuple[Path, str, datetime]:
-    """The slice SLURM_TARGETS of the demo DAG (config DEMO) through SLURM: its folder,
-    Snakemake's output and when it started."""
-    folder = tmp_path_factory.mktemp("slurm")
-    profile = cluster_profile(folder)
-    slurm_dir = folder / "slurm"
-    slurm_dir.mkdir()
-    copy_external_inputs(slurm_dir)  # the demo config's external set and new images, as the demo has them
-    since = datetime.now() - timedelta(seconds=5)
-    # The same config as the shared demo run (the local reference), which runs meanwhile: the
-    # SLURM run spends much of its time waiting for the next status check, and the results do
-    # not depend on load.
-    run = BackgroundRun(slurm_dir, DEMO, "--profile", str(profile), *SLURM_TARGETS, cores=None, timeout_s=TIMEOUT_S)
-    try:
-        output = run.wait()
-    except AssertionError:  # failed, or hung and interrupted: no job of this test may stay queued
-        cancel_leftover_jobs()
-        raise
-    return slurm_dir, output, since
-
-
 @pytest.mark.slurm
 def test_demo_dag_slice_runs_every_job_through_slurm(slurm_run):
     slurm_dir, output, since = slurm_run
@@ -263,7 +146,7 @@ def test_demo_dag_slice_runs_every_job_through_slurm(slurm_run):
     assert finished == planned and "steps (100%) done" in output
     assert "all" not in finished
     assert {rule: finished[rule] for rule in TRAINING_RULES} == \
-        {"pretrain_teacher": 2, "train_student_baseline": 1, "joint_train": 2, "expand_student": 2}
+        {"pretrain_teacher": 1, "train_student_baseline": 0, "joint_train": 1, "expand_student": 1}
     run_name = re.search(r"SLURM run ID: (\S+)", output).group(1)
     assert run_name.startswith(JOBNAME_PREFIX + "_")
     submitted = {m.group(1): m.group(2) for m in re.finditer(
@@ -282,7 +165,7 @@ def test_demo_dag_slice_runs_every_job_through_slurm(slurm_run):
             assert "--gpus" not in sbatch_options and "--gres" not in sbatch_options, row
     recorded = Counter(submitted[row["JobIDRaw"]] for row in jobs)
     assert recorded == finished
-    assert recorded["evaluate_teachers"] == 1 and "evaluate_networks" not in recorded
+    assert recorded["predict_images"] == 1 and not {"evaluate_networks", "evaluate_teachers"} & set(recorded)
     assert {"generate_synthetic_data", "split_data", "store_manifest"} <= set(recorded)  # light jobs too
 
 

@@ -25,28 +25,13 @@ import torch
 from monai.metrics import calibration_binning, get_confusion_matrix
 from scipy import stats
 
+from .scores import _ratio, segmentation_scores
+
 __all__ = ["InstanceMeter", "PixelAurocMeter", "ScoreHistogram", "SegmentationMeter", "instance_scores",
            "instances_from_probability", "segmentation_scores", "teacher_agreement"]
 
 # A predicted object matches a true one at IoU >= 0.5 (object F1 "at 0.5", as in panoptic quality).
 MATCH_IOU = 0.5
-
-
-def _ratio(num: float, den: float, empty: float) -> float:
-    return float(num / den) if den > 0 else float(empty)
-
-
-def segmentation_scores(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
-    """IoU, Dice, accuracy, precision and recall from confusion counts (module conventions)."""
-    total = tp + fp + fn + tn
-    both_empty = 1.0 if total > 0 else np.nan  # no pixel counted: nothing to score
-    return {
-        "iou": _ratio(tp, tp + fp + fn, both_empty),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
-        "accuracy": _ratio(tp + tn, total, np.nan),
-        "precision": _ratio(tp, tp + fp, np.nan),
-        "recall": _ratio(tp, tp + fn, np.nan),
-    }
 
 
 def _calibration_errors(sum_p: np.ndarray, sum_gt: np.ndarray, count: np.ndarray) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocato
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from emkt.scores import mask_scores  # noqa: E402
 from emkt.tables import DATASET, REPORT, TEST_SET, split_rows, with_dataset  # noqa: E402
 
 __all__ = [
@@ -418,12 +419,8 @@ def plot_prediction_panel(
     ``panel[condition]`` holds ``image`` (N,H,W), ``gt`` (N,H,W) in {0,1} and ``prob``
     (N,H,W) in [0,1]; image and GT come from the first condition. Each condition shows the
     prediction binarised at ``threshold`` as an error map (white TP, magenta FP, green FN)
-    with the per-image IoU (``SegmentationMeter`` conventions) in the title.
+    with the per-image IoU (emkt.metrics' conventions) in the title.
     """
-    import torch
-
-    from emkt.metrics import SegmentationMeter
-
     conditions = list(panel)
     if not conditions:
         raise ValueError("plot_prediction_panel: panel has no condition")
@@ -442,11 +439,8 @@ def plot_prediction_panel(
     results = {}
     for condition in conditions:
         prob = np.nan_to_num(np.asarray(panel[condition]["prob"][:n], dtype=np.float32)).clip(0, 1)
-        meter = SegmentationMeter(threshold=threshold)
-        if n:
-            target = torch.from_numpy(gt[:n, None].astype(np.float32))
-            meter.update(torch.from_numpy(prob[:, None]), target)
-        results[condition] = (prob >= threshold, meter.per_image()["iou"].to_numpy())
+        predicted = prob >= threshold
+        results[condition] = (predicted, [mask_scores(predicted[i], gt[i] > 0.5)["iou"] for i in range(n)])
 
     for i in range(n):
         axes[i, 0].imshow(images[i], cmap="gray")
