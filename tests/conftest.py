@@ -64,13 +64,11 @@ def merged(base: dict, update: dict) -> dict:
 
 # The shared demo run (fixture demo_run) also scores every network on an external labelled set
 # (real EM, other sizes than the synthetic training images) and segments a folder of new images
-# with one student. Two expansion variants: anchored (the default) and a committee of both
-# teacher kinds (so the error-map teacher is pretrained and joint-trained too); the real-EM
-# fixture run (tests/test_workflow.py) has the others.
+# with one student. The default expansion variant, anchored (one teacher kind, the Critic); the
+# real-EM fixture run (tests/test_workflow.py) has the error-map teacher and its variant.
 DEMO = merged(TINY, {
     # one pool shard: one pseudo-labelling job per seed (the sharded path runs in tests of its own)
     "store": {"pool_shards": 1},
-    "expand": {"variants": ["anchored", "committee"]},
     "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
     "predict": [{"name": "new_images", "dir": "new_images", "networks": ["expanded_anchored"], "seeds": [0],
                  "probability": "uint8"}],

@@ -3,6 +3,12 @@ stores, feature taps, the three training stages, inference cost and teacher agre
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -254,6 +260,20 @@ def test_checkpoint_costs_measure_each_network_as_if_it_ran_alone(tmp_path):
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="(?s)measuring the inference costs failed.*broken.pth: measuring its inference"):
         checkpoint_inference_costs([paths[0], tmp_path / "broken.pth"], 8, CPU)
+    # A job that has run no network yet, on one thread (evaluate_networks), forks from itself:
+    # the same numbers of parameters, in a process of its own here (this one ran networks).
+    probe = ("import json, sys, torch\n"
+             "from emkt.costs import checkpoint_inference_costs\n"
+             "torch.set_num_threads(1)\n"
+             "print(json.dumps(checkpoint_inference_costs(sys.argv[1:], 8, torch.device('cpu'), nothing_ran_here=True)))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", probe, *map(str, paths)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    forked_here = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [c["parameters"] for c in forked_here] == [first["parameters"], second["parameters"]]
+    assert all(c["images_per_s"] > 0 and c["peak_memory_mb"] > 0 for c in forked_here)
 
 
 def test_agreement_with_the_teacher_counts_objects():

@@ -82,21 +82,25 @@ def inference_cost(model: nn.Module, batch_size: int, input_size: int, device: t
             "peak_memory_mb": peak_mb}
 
 
-def checkpoint_inference_costs(paths: list[str | Path], batch_size: int, device: torch.device
-                               ) -> list[dict[str, float]]:
+def checkpoint_inference_costs(paths: list[str | Path], batch_size: int, device: torch.device,
+                               nothing_ran_here: bool = False) -> list[dict[str, float]]:
     """``inference_cost`` of each saved segmentation network in ``paths`` (at its checkpoint's
     input size), each measured as if it ran alone: what one job evaluating several networks
     calls.
 
     On CPU, in one process the memory that earlier networks freed stays with the allocator
-    and would hide a later network's peak; so a fresh Python process (``python -m
-    emkt.costs``, with this process's threads) measures each network in a process forked for
-    it. Forked from that fresh process, never from this one: forking a process whose OpenMP
-    threads have run can hang the child. On CUDA, torch counts allocated memory itself: the
+    and would hide a later network's peak; so each network is measured in a process forked
+    for it. Forking a process whose OpenMP threads have run can hang the child; so the forks
+    come from this process only where it says it has run no network yet
+    (``nothing_ran_here``) and runs one torch thread (with one, torch starts no OpenMP
+    threads), and otherwise from a fresh Python process (``python -m emkt.costs``, with this
+    process's threads; ~7 s of imports). On CUDA, torch counts allocated memory itself: the
     networks are measured here, one after the other.
     """
     if device.type == "cuda" or "fork" not in multiprocessing.get_all_start_methods():
         return [_checkpoint_cost(path, batch_size, device) for path in paths]
+    if nothing_ran_here and torch.get_num_threads() == 1:
+        return forked_checkpoint_costs(paths, batch_size, device)
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "emkt.costs", "--batch-size", str(batch_size), "--device", str(device),

@@ -17,15 +17,12 @@ Conventions for empty denominators (the same pooled and per image):
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import torch
 from monai.metrics import calibration_binning, get_confusion_matrix
-from scipy import stats
 
-from .scores import _ratio, segmentation_scores
+from .scores import _ratio, segmentation_scores, teacher_agreement
 
 __all__ = ["InstanceMeter", "PixelAurocMeter", "ScoreHistogram", "SegmentationMeter", "instance_scores",
            "instances_from_probability", "segmentation_scores", "teacher_agreement"]
@@ -170,33 +167,6 @@ class SegmentationMeter:
             "foreground_fraction", "predicted_fraction",
         ]  # fmt: skip
         return pd.DataFrame(self._rows, columns=columns)
-
-
-def teacher_agreement(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Agreement of the teacher's predicted per-image losses with the true ones.
-
-    Returns ``mae``, ``spearman`` and ``pearson``. Pairs where either value is not finite are
-    dropped; the correlations are NaN (silently) when fewer than two distinct values remain
-    on either side, and every entry is NaN when no pair remains.
-    """
-    predicted = np.asarray(predicted, dtype=np.float64).ravel()
-    true = np.asarray(true, dtype=np.float64).ravel()
-    if predicted.shape != true.shape:
-        raise ValueError(f"predicted and true differ in size: {predicted.size} vs {true.size}")
-    keep = np.isfinite(predicted) & np.isfinite(true)
-    predicted, true = predicted[keep], true[keep]
-    nan = float("nan")
-    if predicted.size == 0:
-        return {"mae": nan, "spearman": nan, "pearson": nan}
-    mae = float(np.mean(np.abs(predicted - true)))
-    # a constant side makes both correlations undefined; scipy would warn on every call
-    if np.unique(predicted).size < 2 or np.unique(true).size < 2:
-        return {"mae": mae, "spearman": nan, "pearson": nan}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        spearman = float(stats.spearmanr(predicted, true).statistic)
-        pearson = float(stats.pearsonr(predicted, true).statistic)
-    return {"mae": mae, "spearman": spearman, "pearson": pearson}
 
 
 class PixelAurocMeter:

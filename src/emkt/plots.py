@@ -20,7 +20,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, MaxNLocato
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from emkt.scores import mask_scores  # noqa: E402
+from emkt.scores import mask_scores, teacher_agreement  # noqa: E402
 from emkt.tables import DATASET, REPORT, TEST_SET, split_rows, with_dataset  # noqa: E402
 
 __all__ = [
@@ -312,10 +312,8 @@ def plot_teacher_scatter(per_tile: pd.DataFrame, out: Path) -> None:
 
     ``per_tile`` has columns teacher_stage, seed, student_condition, predicted, true. Points
     are coloured by student condition (same colours in every subplot); the dashed line is the
-    identity; titles give MAE and Spearman from ``metrics.teacher_agreement``.
+    identity; titles give MAE and Spearman from ``scores.teacher_agreement``.
     """
-    from emkt.metrics import teacher_agreement  # torch and MONAI: only the figures that score import them
-
     stages = list(pd.unique(per_tile["teacher_stage"]))
     colours = _colours(list(pd.unique(per_tile["student_condition"])))
     fig, flat = _panel_grid(len(stages), 3, (4.5, 4.3))

@@ -1,10 +1,13 @@
-"""Scores from confusion counts, in NumPy alone: what emkt.metrics builds on, and what jobs that
-do not import torch (the figures) score masks with. The conventions for empty denominators are
-emkt.metrics'."""
+"""Scores in NumPy and SciPy alone: from confusion counts, of masks, of a teacher's predicted
+losses. emkt.metrics builds on them; the jobs that import no torch (the figures) use them
+directly. The conventions for empty denominators are emkt.metrics'."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy import stats
 
 
 def _ratio(num: float, den: float, empty: float) -> float:
@@ -31,3 +34,30 @@ def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     fp = float(np.count_nonzero(predicted & ~truth))
     fn = float(np.count_nonzero(~predicted & truth))
     return segmentation_scores(tp, fp, fn, float(predicted.size) - tp - fp - fn)
+
+
+def teacher_agreement(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Agreement of the teacher's predicted per-image losses with the true ones.
+
+    Returns ``mae``, ``spearman`` and ``pearson``. Pairs where either value is not finite are
+    dropped; the correlations are NaN (silently) when fewer than two distinct values remain
+    on either side, and every entry is NaN when no pair remains.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    true = np.asarray(true, dtype=np.float64).ravel()
+    if predicted.shape != true.shape:
+        raise ValueError(f"predicted and true differ in size: {predicted.size} vs {true.size}")
+    keep = np.isfinite(predicted) & np.isfinite(true)
+    predicted, true = predicted[keep], true[keep]
+    nan = float("nan")
+    if predicted.size == 0:
+        return {"mae": nan, "spearman": nan, "pearson": nan}
+    mae = float(np.mean(np.abs(predicted - true)))
+    # a constant side makes both correlations undefined; scipy would warn on every call
+    if np.unique(predicted).size < 2 or np.unique(true).size < 2:
+        return {"mae": mae, "spearman": nan, "pearson": nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        spearman = float(stats.spearmanr(predicted, true).statistic)
+        pearson = float(stats.pearsonr(predicted, true).statistic)
+    return {"mae": mae, "spearman": spearman, "pearson": pearson}

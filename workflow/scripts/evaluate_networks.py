@@ -24,8 +24,9 @@ ev = config["evaluate"]
 networks, paths = snakemake.params.networks, list(snakemake.input.models)
 outputs = zip(snakemake.output.metrics, snakemake.output.per_image, snakemake.output.panel)
 # Each in a process of its own (see checkpoint_inference_costs), before this job scores any
-# network: the measurement has the job's core to itself.
-costs = checkpoint_inference_costs(paths, ev["batch_size"], device)
+# network: the measurement has the job's core to itself, and (with one thread) the processes
+# are forked from this one.
+costs = checkpoint_inference_costs(paths, ev["batch_size"], device, nothing_ran_here=True)
 files = data_files(snakemake, config)
 items = files.split_items("test")
 # read only for checkpoints saved without a calibration, and then once for all of them
