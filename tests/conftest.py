@@ -272,10 +272,44 @@ def demo_dag(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_run(demo_dag) -> Path:
-    """The working folder of the finished demo run (config DEMO)."""
+def demo_run(demo_dag, request) -> Path:
+    """The working folder of the finished demo run (config DEMO). Once it has finished, the
+    rerun of its touch example (touched_demo_run) starts beside the tests that read it."""
     demo_dag.wait()
+    if "touched_demo_run" in _fixtures_read:
+        request.getfixturevalue("touched_demo_run")
     return demo_dag.workdir
+
+
+class TouchedDemoRun:
+    """The demo run's touch example (docs/pipeline.md, "Regenerating results") on a copy of the
+    finished demo run (file times and Snakemake's records kept), so that the other tests read
+    the demo run meanwhile: the file touched, the rules the example lists, the checkpoints'
+    times before, the dry run's output, and the real run, started in the background."""
+
+    def __init__(self, demo: Path, copy: Path):
+        import shutil
+        import subprocess
+
+        from docs_text import touch_example
+
+        shutil.copytree(demo, copy, symlinks=True)  # copy2: modification times kept
+        self.workdir = copy
+        self.touched, self.rules = touch_example()
+        self.models_before = {p.name: p.stat().st_mtime_ns for p in (copy / "results" / "models").iterdir()}
+        (copy / self.touched).touch()
+        dry = subprocess.run(snakemake_command(copy, DEMO, "-n"), capture_output=True, text=True, cwd=copy)
+        assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+        self.dry_run = dry.stdout + dry.stderr
+        self.rerun = BackgroundRun(copy, DEMO)
+
+
+@pytest.fixture(scope="session")
+def touched_demo_run(demo_dag, tmp_path_factory) -> TouchedDemoRun:
+    demo_dag.wait()
+    touched = TouchedDemoRun(demo_dag.workdir, tmp_path_factory.mktemp("touched_demo") / "run")
+    yield touched
+    touched.rerun.stop()
 
 
 @pytest.fixture(scope="session")
@@ -296,11 +330,15 @@ def slurm_run(slurm_dag) -> tuple[Path, str, datetime]:
 
 
 # the shared runs, by the fixture a test reads and the fixture that starts the run
-SHARED_RUNS = {"slurm_run": "slurm_dag", "demo_run": "demo_dag"}
+SHARED_RUNS = {"slurm_run": "slurm_dag", "demo_run": "demo_dag", "touched_demo_run": "demo_dag"}
 
 
 def reads_shared_run(item) -> bool:
     return bool(set(SHARED_RUNS) & set(getattr(item, "fixturenames", ())))
+
+
+def waits_for_the_touch_rerun(item) -> bool:
+    return "touched_demo_run" in getattr(item, "fixturenames", ())
 
 
 def is_workflow_test(item) -> bool:
@@ -309,18 +347,21 @@ def is_workflow_test(item) -> bool:
 
 def workflow_tests_last(items) -> None:
     """Unit tests first, then the workflow tests, then the tests that read a shared run (the
-    demo run, the SLURM slice); the order is kept within each group."""
-    items.sort(key=lambda item: (is_workflow_test(item), reads_shared_run(item)))
+    demo run, the SLURM slice), the one waiting for the touch example's rerun last; the order
+    is kept within each group."""
+    items.sort(key=lambda item: (is_workflow_test(item), reads_shared_run(item), waits_for_the_touch_rerun(item)))
 
 
 _runs_to_start: list[str] = []  # the shared runs some selected test reads: they start as the session starts
 _started_runs: dict = {}  # fixture name -> the run it started, where it can be released early
 _last_slurm_reader: list[str] = []  # the node id of the last test reading the SLURM slice
+_fixtures_read: set[str] = set()  # every fixture some selected test reads
 
 
 def pytest_collection_finish(session) -> None:
     read = {name for item in session.items for name in getattr(item, "fixturenames", ())}
-    _runs_to_start[:] = [start for reader, start in SHARED_RUNS.items() if reader in read]
+    _fixtures_read.update(read)
+    _runs_to_start[:] = dict.fromkeys(start for reader, start in SHARED_RUNS.items() if reader in read)
     _last_slurm_reader[:] = [item.nodeid for item in session.items if "slurm_run" in getattr(item, "fixturenames", ())][-1:]
 
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from conftest import DEMO, NEW_IMAGES, REPO, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
-from docs_text import NOT_DEMO_PATHS, demo_result_paths, touch_example
+from docs_text import NOT_DEMO_PATHS, demo_result_paths
 from emkt.checkpoints import load_checkpoint
 from emkt.resume import HOLD_ENV
 from loopback import LoopbackServer
@@ -236,27 +236,26 @@ def test_demo_run_segments_the_new_images_folder(demo_run):
     assert "images/s" in (demo_run / "results" / "logs" / "predict_images" / "new_images" / "expanded_anchored_0.log").read_text()
 
 
-def test_touching_a_checkpoint_reruns_only_its_evaluations_and_the_summary(demo_run):
+def test_touching_a_checkpoint_reruns_only_its_evaluations_and_the_summary(touched_demo_run):
     # the example in docs/pipeline.md ("Regenerating results"), as it is written there: the
-    # file it touches and the evaluation jobs it lists (one each: the seed's networks, teachers)
-    touched, rules = touch_example()
-    models = demo_run / "results" / "models"
-    before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
-    (demo_run / touched).touch()
-    dry = snakemake(demo_run, DEMO, "-n")
-    jobs = job_stats(dry.stdout + dry.stderr)
+    # file it touches and the evaluation jobs it lists (one each: the seed's networks, teachers),
+    # on a copy of the finished demo run (conftest.TouchedDemoRun)
+    run = touched_demo_run
+    jobs = job_stats(run.dry_run)
     assert not TRAINING_RULES & set(jobs)
     # the demo run also has an external set: the seed's evaluation on it too
-    assert {rule: jobs[rule] for rule in [*rules, "evaluate_external", "aggregate"]} == \
-        {**{rule: 1 for rule in rules}, "evaluate_external": 1, "aggregate": 1}
+    assert {rule: jobs[rule] for rule in [*run.rules, "evaluate_external", "aggregate"]} == \
+        {**{rule: 1 for rule in run.rules}, "evaluate_external": 1, "aggregate": 1}
     # ... and its prediction folder, which it segments with this very network
-    assert touched == "results/models/student_expanded_anchored_0.pth" and DEMO["predict"][0]["networks"] == ["expanded_anchored"]
+    assert run.touched == "results/models/student_expanded_anchored_0.pth"
+    assert DEMO["predict"][0]["networks"] == ["expanded_anchored"]
     assert {rule for rule in jobs if not rule.startswith(("evaluate_", "plot_"))} == {"aggregate", "all", "predict_images"}
-    snakemake(demo_run, DEMO)
-    after = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
-    name = Path(touched).name
-    assert {k: v for k, v in after.items() if k != name} == {k: v for k, v in before.items() if k != name}
-    again = snakemake(demo_run, DEMO, "-n")
+    output = run.rerun.wait()
+    assert job_stats(output) == jobs  # what ran is what the dry run listed
+    after = {p.name: p.stat().st_mtime_ns for p in (run.workdir / "results" / "models").iterdir()}
+    name = Path(run.touched).name
+    assert {k: v for k, v in after.items() if k != name} == {k: v for k, v in run.models_before.items() if k != name}
+    again = snakemake(run.workdir, DEMO, "-n")
     assert "nothing to be done" in (again.stdout + again.stderr).lower()
 
 
