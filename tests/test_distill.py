@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,27 +254,29 @@ def test_checkpoint_costs_measure_each_network_as_if_it_ran_alone(tmp_path):
     paths = [tmp_path / f"unet{k}.pth" for k in range(2)]
     for path in paths:
         save_model(path, build_segmenter(arch), "segmenter", arch, 64)
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    # This process has run networks: the forks come from a fresh Python process.
     first, second = checkpoint_inference_costs(paths, 8, CPU)
     assert first["parameters"] == second["parameters"] == sum(p.numel() for p in build_segmenter(arch).parameters())
     assert first["images_per_s"] > 0 and second["images_per_s"] > 0
     assert 0.5 < second["peak_memory_mb"] / first["peak_memory_mb"] < 2
-    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="(?s)measuring the inference costs failed.*broken.pth: measuring its inference"):
-        checkpoint_inference_costs([paths[0], tmp_path / "broken.pth"], 8, CPU)
     # A job that has run no network yet, on one thread (evaluate_networks), forks from itself:
-    # the same numbers of parameters, in a process of its own here (this one ran networks).
+    # the same numbers of parameters; a broken file fails naming itself (either way).
     probe = ("import json, sys, torch\n"
              "from emkt.costs import checkpoint_inference_costs\n"
              "torch.set_num_threads(1)\n"
-             "print(json.dumps(checkpoint_inference_costs(sys.argv[1:], 8, torch.device('cpu'), nothing_ran_here=True)))")
+             "cpu = torch.device('cpu')\n"
+             "print(json.dumps(checkpoint_inference_costs(sys.argv[1:3], 8, cpu, nothing_ran_here=True)))\n"
+             "checkpoint_inference_costs(sys.argv[1:], 8, cpu, nothing_ran_here=True)")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", probe, *map(str, paths)], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-c", probe, *map(str, paths), str(tmp_path / "broken.pth")],
+                          capture_output=True, text=True, timeout=300, env=env)
     forked_here = json.loads(done.stdout.strip().splitlines()[-1])
     assert [c["parameters"] for c in forked_here] == [first["parameters"], second["parameters"]]
     assert all(c["images_per_s"] > 0 and c["peak_memory_mb"] > 0 for c in forked_here)
+    assert done.returncode != 0 and re.search(r"RuntimeError: \S*broken.pth: measuring its inference cost failed",
+                                              done.stderr), done.stderr[-3000:]
 
 
 def test_agreement_with_the_teacher_counts_objects():
