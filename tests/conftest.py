@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import zipfile
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -329,8 +330,88 @@ def slurm_run(slurm_dag) -> tuple[Path, str, datetime]:
     return slurm_dag.wait()
 
 
+# --- the real-EM fixture run ---------------------------------------------------------------------------
+# The em-mito-mini fixture served as the two EMPIAR archives by a real HTTP server on loopback
+# (the pool archive's first transfer cut after REAL_EM_CUT bytes), run up to the summary table
+# with FIXTURE_RUN; it starts with the session, beside the demo run, and its test comes last.
+FIXTURE_RUN = merged(TINY_EXPANSION, {
+    "seeds": [0],
+    "data": {"source": "empiar", "max_excluded_fraction": 0.0},
+    "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "group_by": "source"},
+    "store": {"labelled_shards": 2, "pool_shards": 3, "pool_tile": 224},
+    "input_size": 64,
+    "student": {"patch_size": 16},
+    "train": {"pos_weight": 5.0},
+    "teacher_pretrain": {"epochs": 1},
+    "student_baseline": {"epochs": 1},
+    "joint": {"epochs": 1},
+    # the error-map teacher's variant (the demo run has the default, anchored: the Critic alone)
+    "expand": {"epochs": 1, "images_per_epoch": 8, "variants": ["error_map"]},
+})
+REAL_EM_POOL_ZIP = "/11035/data/cem1.5m.zip"
+REAL_EM_CUT = 3_000_000
+
+
+def zip_tree(folder: Path, archive: Path, top: str) -> Path:
+    """A zip of ``folder``'s files under the top folder ``top``/, like the EMPIAR archives."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                handle.write(path, f"{top}/{path.relative_to(folder)}")
+    return archive
+
+
+class RealEmRun:
+    """The mirror (archives zipped from the fixture, a loopback server) and the run in
+    ``folder``, started at once; ``wait`` gives (the run's folder, the server) once it has
+    finished, or skips where the fixture is missing."""
+
+    def __init__(self, folder: Path):
+        from loopback import LoopbackServer
+
+        self.server, self.run, self.missing = None, None, None
+        if not SHARED_DATA.is_dir():
+            self.missing = f"real-EM fixture not found at {SHARED_DATA}"
+            return
+        root = folder / "mirror"
+        zip_tree(SHARED_DATA / "cem_mitolab", root / "11037" / "data" / "cem_mitolab.zip", "cem_mitolab")
+        zip_tree(SHARED_DATA / "unlabelled", root / "11035" / "data" / "cem1.5m.zip", "cem1.5m")
+        self.server = LoopbackServer(root).start()
+        self.server.cut_after[REAL_EM_POOL_ZIP] = REAL_EM_CUT
+        workdir = folder / "run"
+        workdir.mkdir()
+        config = merged(FIXTURE_RUN, {"data": {"empiar": {"url_base": self.server.url, "retries": 3}}})
+        self.run = BackgroundRun(workdir, config, "results/tables/summary.csv")
+
+    def wait(self):
+        if self.missing:
+            pytest.skip(self.missing)
+        self.run.wait()
+        return self.run.workdir, self.server
+
+    def stop(self) -> None:
+        if self.run is not None:
+            self.run.stop()
+        if self.server is not None:
+            self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_em_dag(tmp_path_factory):
+    run = RealEmRun(tmp_path_factory.mktemp("real_em"))
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def real_em_run(real_em_dag) -> RealEmRun:
+    return real_em_dag
+
+
 # the shared runs, by the fixture a test reads and the fixture that starts the run
-SHARED_RUNS = {"slurm_run": "slurm_dag", "demo_run": "demo_dag", "touched_demo_run": "demo_dag"}
+SHARED_RUNS = {"slurm_run": "slurm_dag", "demo_run": "demo_dag", "touched_demo_run": "demo_dag",
+               "real_em_run": "real_em_dag"}
 
 
 def reads_shared_run(item) -> bool:
@@ -386,8 +467,8 @@ def shared_runs_in_the_background(request):
 COMPONENT_RECORD_ENV = "EMKT_COMPONENT_RECORD"
 COMPONENTS = {
     "local SLURM cluster": lambda item: item.get_closest_marker("slurm") is not None,
-    "loopback HTTP server": lambda item: bool({"served", "empiar_mirror"} & set(item.fixturenames)),
-    "em-mito-mini fixture": lambda item: bool({"shared_data", "em_folder"} & set(item.fixturenames)),
+    "loopback HTTP server": lambda item: bool({"served", "real_em_run"} & set(item.fixturenames)),
+    "em-mito-mini fixture": lambda item: bool({"shared_data", "em_folder", "real_em_run"} & set(item.fixturenames)),
     "CUDA": lambda item: item.path.name == "test_cuda.py",
 }
 _component_tests: dict[str, set[str]] = {}  # component -> node ids of the collected tests needing it

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ import tifffile
 import torch
 import yaml
 
-from conftest import DEMO, NEW_IMAGES, REPO, TINY, TINY_EXPANSION, job_stats, merged, snakemake_command
+from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_POOL_ZIP, REPO, TINY, job_stats, merged, snakemake_command,
+                      zip_tree)
 from docs_text import NOT_DEMO_PATHS, demo_result_paths
 from emkt.checkpoints import load_checkpoint
 from emkt.resume import HOLD_ENV
@@ -269,40 +269,6 @@ def test_every_results_path_the_docs_show_is_written_by_the_demo(demo_run):
     assert not missing, f"the docs show paths the demo does not write (path: pages): {missing}"
 
 
-def zip_tree(folder: Path, archive: Path, top: str) -> Path:
-    """A zip of ``folder``'s files under the top folder ``top``/, like the EMPIAR archives."""
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                handle.write(path, f"{top}/{path.relative_to(folder)}")
-    return archive
-
-
-@pytest.fixture
-def empiar_mirror(tmp_path, shared_data):
-    """The real-EM fixture served as the two EMPIAR archives by a real HTTP server on loopback."""
-    root = tmp_path / "mirror"
-    zip_tree(shared_data / "cem_mitolab", root / "11037" / "data" / "cem_mitolab.zip", "cem_mitolab")
-    zip_tree(shared_data / "unlabelled", root / "11035" / "data" / "cem1.5m.zip", "cem1.5m")
-    with LoopbackServer(root) as server:
-        yield server
-
-
-FIXTURE_RUN = merged(TINY_EXPANSION, {
-    "seeds": [0],
-    "data": {"source": "empiar", "max_excluded_fraction": 0.0},
-    "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "group_by": "source"},
-    "store": {"labelled_shards": 2, "pool_shards": 3, "pool_tile": 224},
-    "input_size": 64,
-    "student": {"patch_size": 16},
-    "train": {"pos_weight": 5.0},
-    "teacher_pretrain": {"epochs": 1},
-    "student_baseline": {"epochs": 1},
-    "joint": {"epochs": 1},
-    # the error-map teacher's variant (the demo run has the default, anchored: the Critic alone)
-    "expand": {"epochs": 1, "images_per_epoch": 8, "variants": ["error_map"]},
-})
 
 
 def test_html_report_holds_the_figures_table_and_captions(demo_run):
@@ -336,15 +302,12 @@ def test_packing_interrupted_after_one_shard_repacks_only_the_missing_one(demo_r
             os.utime(path, ns=(atime, mtime))
 
 
-def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_to_the_summary_table(tmp_path, empiar_mirror):
+def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_to_the_summary_table(real_em_run):
     """download (cut mid-way, resumed) -> extract -> index -> pack -> grouped split -> training from the
     store -> evaluation -> summary table (the figures are the demo run's to check)."""
-    pool_zip = "/11035/data/cem1.5m.zip"
-    empiar_mirror.cut_after[pool_zip] = 3_000_000
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    snakemake(workdir, merged(FIXTURE_RUN, {"data": {"empiar": {"url_base": empiar_mirror.url, "retries": 3}}}),
-              "results/tables/summary.csv")
+    # conftest.RealEmRun: started with the session, the pool archive's first transfer cut
+    workdir, empiar_mirror = real_em_run.wait()
+    pool_zip = REAL_EM_POOL_ZIP
     assert [r for r in empiar_mirror.requests if r[0] == pool_zip] == [(pool_zip, None), (pool_zip, "bytes=3000000-")]
     for name in ("cem_mitolab", "cem1.5m"):
         assert (workdir / "data" / "downloads" / f"{name}.zip").read_bytes() == \
