@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import zipfile
@@ -278,7 +279,10 @@ def demo_run(demo_dag, request) -> Path:
     rerun of its touch example (touched_demo_run) starts beside the tests that read it."""
     demo_dag.wait()
     if "touched_demo_run" in _fixtures_read:
-        request.getfixturevalue("touched_demo_run")
+        # pytest keeps a failed fixture's error for the test that reads it: the touch test
+        # fails alone, not every reader of the demo run
+        with contextlib.suppress(Exception):
+            request.getfixturevalue("touched_demo_run")
     return demo_dag.workdir
 
 

@@ -20,7 +20,7 @@ import tifffile
 import torch
 import yaml
 
-from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_POOL_ZIP, REPO, TINY, job_stats, merged, snakemake_command,
+from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_CUT, REAL_EM_POOL_ZIP, REPO, TINY, job_stats, merged, snakemake_command,
                       zip_tree)
 from docs_text import NOT_DEMO_PATHS, demo_result_paths
 from emkt.checkpoints import load_checkpoint
@@ -308,7 +308,7 @@ def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_to_the_summary_table
     # conftest.RealEmRun: started with the session, the pool archive's first transfer cut
     workdir, empiar_mirror = real_em_run.wait()
     pool_zip = REAL_EM_POOL_ZIP
-    assert [r for r in empiar_mirror.requests if r[0] == pool_zip] == [(pool_zip, None), (pool_zip, "bytes=3000000-")]
+    assert [r for r in empiar_mirror.requests if r[0] == pool_zip] == [(pool_zip, None), (pool_zip, f"bytes={REAL_EM_CUT}-")]
     for name in ("cem_mitolab", "cem1.5m"):
         assert (workdir / "data" / "downloads" / f"{name}.zip").read_bytes() == \
             (empiar_mirror.root / ("11037" if name == "cem_mitolab" else "11035") / "data" / f"{name}.zip").read_bytes()
