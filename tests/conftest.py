@@ -92,6 +92,16 @@ def snakemake_command(workdir: Path, config: dict, *args: str, cores: int | None
     return command + (["--cores", str(cores)] if cores else []) + list(args)
 
 
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
+    import subprocess
+
+    result = subprocess.run(snakemake_command(workdir, config, *args), capture_output=True, text=True, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
 def job_stats(output: str) -> Counter:
     """Rule counts from the 'Job stats' table Snakemake prints (dry runs too)."""
     counts: Counter = Counter()
@@ -294,7 +304,6 @@ class TouchedDemoRun:
 
     def __init__(self, demo: Path, copy: Path):
         import shutil
-        import subprocess
 
         from docs_text import touch_example
 
@@ -303,8 +312,7 @@ class TouchedDemoRun:
         self.touched, self.rules = touch_example()
         self.models_before = {p.name: p.stat().st_mtime_ns for p in (copy / "results" / "models").iterdir()}
         (copy / self.touched).touch()
-        dry = subprocess.run(snakemake_command(copy, DEMO, "-n"), capture_output=True, text=True, cwd=copy)
-        assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+        dry = snakemake(copy, DEMO, "-n")
         self.dry_run = dry.stdout + dry.stderr
         self.rerun = BackgroundRun(copy, DEMO)
 
@@ -409,8 +417,9 @@ def real_em_dag(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_em_run(real_em_dag) -> RealEmRun:
-    return real_em_dag
+def real_em_run(real_em_dag) -> tuple[Path, LoopbackServer]:
+    """The finished real-EM fixture run: its folder and the mirror's server (its request log)."""
+    return real_em_dag.wait()
 
 
 # the shared runs, by the fixture a test reads and the fixture that starts the run

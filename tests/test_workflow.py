@@ -20,8 +20,8 @@ import tifffile
 import torch
 import yaml
 
-from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_CUT, REAL_EM_POOL_ZIP, REPO, TINY, job_stats, merged, snakemake_command,
-                      zip_tree)
+from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_CUT, REAL_EM_POOL_ZIP, REPO, TINY, job_stats, merged, snakemake,
+                      snakemake_command, zip_tree)
 from docs_text import NOT_DEMO_PATHS, demo_result_paths
 from emkt.checkpoints import load_checkpoint
 from emkt.resume import HOLD_ENV
@@ -39,15 +39,6 @@ COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
 CALIBRATED_METRICS = {"iou_tuned", "ap", "ece_calibrated", "threshold", "temperature"}
 FINE_TUNED = {"expanded_anchored", "pseudo_labelled"}
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile in ``workdir`` with config.yaml overridden by ``config``."""
-    command = snakemake_command(workdir, config, *args)
-    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 def evaluated_networks(dry_run: str) -> set[str]:
@@ -306,7 +297,7 @@ def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_to_the_summary_table
     """download (cut mid-way, resumed) -> extract -> index -> pack -> grouped split -> training from the
     store -> evaluation -> summary table (the figures are the demo run's to check)."""
     # conftest.RealEmRun: started with the session, the pool archive's first transfer cut
-    workdir, empiar_mirror = real_em_run.wait()
+    workdir, empiar_mirror = real_em_run
     pool_zip = REAL_EM_POOL_ZIP
     assert [r for r in empiar_mirror.requests if r[0] == pool_zip] == [(pool_zip, None), (pool_zip, f"bytes={REAL_EM_CUT}-")]
     for name in ("cem_mitolab", "cem1.5m"):
