@@ -72,6 +72,21 @@ def test_paper_and_demo_configs_are_valid():
          "'predict.0.seeds' names [7]"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "probability": "float16"}]),
          "'predict.0.probability' = 'float16' is not allowed; allowed values: ['float32', 'uint8']"),
+        (lambda c: c["student"].update(type="resnet"), "'student.type' = 'resnet' is not allowed; allowed values: "
+         "['vitautoenc', 'swinunetr', 'unet']"),
+        (lambda c: (c["student"].update(type="swinunetr"), c.update(input_size=208)),
+         "'input_size' = 208 must be a multiple of 32, at least 64, for 'student.type' swinunetr"),
+        (lambda c: (c["student"].update(type="swinunetr"), c["student"]["swinunetr"].update(feature_size=16)),
+         "'student.swinunetr.feature_size' = 16 must be a multiple of 12"),
+        (lambda c: (c["student"].update(type="unet"), c["student"]["unet"].update(depth=6), c.update(input_size=48)),
+         "'input_size' = 48 must be divisible by 32, the downsampling of 'student.unet'"),
+        (lambda c: (c["teacher"].update(type="vit"), c["teacher"]["vit"].update(patch_size=15)),
+         "'teacher.vit.patch_size' = 15 must divide 'input_size' = 224"),
+        (lambda c: c["teacher"].update(type="unet"), "'teacher.type' = 'unet' is not allowed; allowed values: "
+         "['critic', 'vit']"),
+        (lambda c: c["mean_teacher"].update(ema_decay=1.0), "'mean_teacher.ema_decay' = 1.0"),
+        (lambda c: c["mean_teacher"].update(target="probability"), "'mean_teacher.target' = 'probability' is not "
+         "allowed; allowed values: ['hard', 'soft']"),
     ],
 )
 def test_bad_values_name_the_key(paper_config, mutate, expected):

@@ -100,8 +100,9 @@ def test_feature_tap_turns_vit_tokens_into_a_map_and_projection_matches_channels
     with pytest.raises(ValueError, match="no module named 'nope'"):
         FeatureTap(vit, "nope")
     with pytest.raises(ValueError, match="has no default feature layer"):
-        FeatureTap(build_segmenter({"type": "unet", "width": 4, "depth": 3}))
+        FeatureTap(build_segmenter({"type": "basicunet", "width": 4}))
     unet = build_segmenter({"type": "unet", "width": 4, "depth": 3})
+    assert FeatureTap(unet).layer == "model.1.submodule.1.submodule"  # the UNet's bottleneck
     conv_tap = FeatureTap(unet, "model.1")
     unet(torch.randn(1, 1, 32, 32))
     assert conv_tap.output.ndim == 4

@@ -22,7 +22,7 @@ from emkt.acceleration import Runtime, amp_dtype, is_convolutional
 from emkt.config import ConfigError, validate_config
 from emkt.cluster import job_resources, launch_command
 from emkt.distributed import ProcessGroup, global_batch_slices, local_batch_size
-from emkt.models import build_segmenter, build_student, build_teacher
+from emkt.models import build_segmenter, build_student, build_teacher, teacher_arch
 from emkt.resume import Checkpointing
 from emkt.runtime import seed_everything
 from emkt.training.loaders import EpochSampler
@@ -99,7 +99,7 @@ def test_amp_is_off_on_cpu_by_default_and_fp16_needs_a_gpu():
 
 
 def test_channels_last_is_for_convolutional_networks(tiny_config):
-    assert is_convolutional(build_teacher(tiny_config["teacher"], 32))
+    assert is_convolutional(build_teacher(teacher_arch(tiny_config, "critic"), 32))
     assert is_convolutional(build_segmenter({"type": "unet", "width": 4, "depth": 3}, 32))
     vit = build_student(tiny_config["student"], 32)
     assert not is_convolutional(vit)

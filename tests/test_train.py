@@ -174,8 +174,8 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(tiny_config, tiny
     pretrained = {k: v.clone() for k, v in teacher.state_dict().items()}
 
     def fresh_teacher():
-        from emkt.models import build_teacher
-        model = build_teacher(config["teacher"], config["input_size"])
+        from emkt.models import build_teacher, teacher_arch
+        model = build_teacher(teacher_arch(config, "critic"), config["input_size"])
         model.load_state_dict(pretrained)
         return model
 

@@ -24,6 +24,8 @@ from conftest import (DEMO, FIXTURE_RUN, NEW_IMAGES, REAL_EM_CUT, REAL_EM_POOL_Z
                       snakemake_command, zip_tree)
 from docs_text import NOT_DEMO_PATHS, demo_result_paths
 from emkt.checkpoints import load_checkpoint
+from emkt.config import load_config, validate_config
+from emkt.models import student_arch, teacher_arch
 from emkt.resume import HOLD_ENV
 from loopback import LoopbackServer
 
@@ -62,10 +64,10 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     # pretrained and one joint-trained teacher (with its joint student) per seed.
     assert jobs["train_student_baseline"] == jobs["expand_student"] == 5
     assert jobs["pretrain_teacher"] == jobs["joint_train"] == 5
-    # One evaluation job per seed for its 6 students and 3 references (unet, basicunet, their
+    # One evaluation job per seed for its 7 students and 3 references (unet, basicunet, their
     # ensemble with the baseline), one for its 2 teachers.
     assert jobs["evaluate_networks"] == jobs["evaluate_teachers"] == 5
-    assert len(evaluated_networks(result.stdout)) == 9
+    assert len(evaluated_networks(result.stdout)) == 10 and jobs["train_mean_teacher"] == 5
     assert jobs["train_segmenter"] == 10 and jobs["ensemble_soft_labels"] == jobs["distill_ensemble"] == 5
     assert jobs["pseudo_label_shard"] == 64 * 5 and jobs["train_pseudo_labelled"] == jobs["feature_distill"] == 5
     assert jobs["download_archive"] == jobs["extract_archive"] == 2 and jobs["index_data"] == 1
@@ -75,6 +77,22 @@ def test_paper_config_plans_every_stage_per_seed(tmp_path):
     folder = snakemake(tmp_path, {"data": {"source": "folder", "labelled_dir": "lab", "unlabelled_dir": "pool"}}, "-n")
     jobs = job_stats(folder.stdout + folder.stderr)
     assert "download_archive" not in jobs and jobs["index_data"] == 1 and jobs["pack_pool_shard"] == 64
+
+
+def test_authors_final_preset_plans_their_run(tmp_path):
+    """studies/authors-final.yaml on config.yaml: SwinUNETR students, ViT teachers, their five
+    seeds, the single-teacher and the 5-teacher committee expansion, nothing else."""
+    preset = yaml.safe_load((REPO / "studies" / "authors-final.yaml").read_text())
+    config = validate_config(merged(load_config(REPO / "config.yaml"), preset))
+    assert student_arch(config["student"])["type"] == "swinunetr" and teacher_arch(config, "critic")["type"] == "vit"
+    dry = snakemake(tmp_path, preset, "-n").stdout
+    jobs = job_stats(dry)
+    assert jobs["pretrain_teacher"] == jobs["joint_train"] == jobs["train_student_baseline"] == 5
+    assert jobs["expand_student"] == 10  # faithful and committee, per seed
+    assert evaluated_networks(dry) == {"student_baseline", "student_joint", "student_expanded_faithful",
+                                       "student_expanded_committee"}
+    assert not {"train_segmenter", "train_mean_teacher", "pseudo_label_shard"} & set(jobs)
+    assert "results/models/teacher_joint_1337.pth" in dry
 
 
 def test_a_condition_not_listed_adds_no_jobs(tmp_path):

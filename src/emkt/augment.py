@@ -28,6 +28,11 @@ import torch
 from monai.transforms import (
     Compose,
     GaussianSmooth,
+    RandAdjustContrast,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandShiftIntensity,
     Rand2DElastic,
     RandAffine,
     RandCoarseDropout,
@@ -47,6 +52,8 @@ __all__ = [
     "CORRUPTION_KEYS_DOC",
     "DEFAULT_CORRUPTION",
     "MaskCorruptor",
+    "StrongAugmentation",
+    "apply_geometry",
     "train_augmentation",
 ]
 
@@ -403,3 +410,49 @@ def train_augmentation(seed: int, intensity: bool = True, keys: tuple[str, ...] 
     compose = Compose(transforms)
     compose.set_random_state(seed=int(seed))
     return compose
+
+
+def apply_geometry(batch: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+    """Each image of a (B, C, H, W) batch flipped left-right where ``geometry[i, 1]`` is 1,
+    then rotated by ``geometry[i, 0]`` quarter turns: the dihedral moves of square crops,
+    exact on pixels (no interpolation), so a target moved this way matches a moved input."""
+    moved = []
+    for image, (quarter_turns, flip) in zip(batch, geometry.tolist()):
+        image = image.flip(-1) if flip else image
+        moved.append(torch.rot90(image, int(quarter_turns), dims=(-2, -1)))
+    return torch.stack(moved)
+
+
+class StrongAugmentation:
+    """The strong view of consistency training (condition mean_teacher): per image a random
+    flip and quarter-turn rotation (returned, so the teacher's target can be moved the same
+    way: ``apply_geometry``) and strong MONAI intensity changes of the z-scored grey values:
+    gamma contrast, Gaussian blur, scaling, shift and noise (config mean_teacher.strong).
+
+    Deterministic for a seed: every draw comes from its own generator and the MONAI
+    transforms seeded from it, whatever the global random state.
+    """
+
+    def __init__(self, settings: dict[str, Any], seed: int | tuple[int, ...]) -> None:
+        self.rng = np.random.default_rng(seed)
+        sigma = tuple(settings["blur_sigma"])
+        self.intensity = Compose([
+            RandAdjustContrast(prob=0.8, gamma=tuple(settings["gamma"])),
+            RandGaussianSmooth(prob=0.5, sigma_x=sigma, sigma_y=sigma),
+            RandScaleIntensity(factors=settings["scale"], prob=0.8),
+            RandShiftIntensity(offsets=settings["shift"], prob=0.8),
+            RandGaussianNoise(prob=0.5, mean=0.0, std=settings["noise_std"]),
+        ])
+        self.intensity.set_random_state(seed=int(self.rng.integers(2**31)))
+
+    def geometry(self, n: int) -> torch.Tensor:
+        """(n, 2) integers: quarter turns (0-3) and a left-right flip (0/1) per image."""
+        return torch.from_numpy(np.stack([self.rng.integers(0, 4, n), self.rng.integers(0, 2, n)], axis=1))
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(strong view, geometry) of a (B, 1, H, W) batch of weakly augmented images."""
+        geometry = self.geometry(len(batch))
+        moved = apply_geometry(batch.detach(), geometry)
+        with _torch_single_thread():
+            strong = torch.stack([_plain(self.intensity(image)).to(image.device) for image in moved])
+        return strong.to(batch.dtype), geometry

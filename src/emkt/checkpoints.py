@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import pickle
 import re
 from pathlib import Path
@@ -13,12 +12,13 @@ from torch import nn
 
 from . import distributed
 from . import __version__
-from .models import (SEGMENTER_TYPES, EnsembleSegmenter, ViTSegmenter, build_segmenter, build_student,
-                     build_teacher, teacher_class)
+from .models import (SEGMENTER_TYPES, EnsembleSegmenter, constructor_keys, build_segmenter, build_student,
+                     build_teacher, student_arch, student_arch_keys, student_type, teacher_class)
 from .files import atomic_path
 
 FORMAT_VERSION = 1
-# student: the ViT segmenter; teacher: the loss predictor; segmenter: a MONAI convolutional
+# student: a student network (arch 'type': vitautoenc, swinunetr or unet; none: vitautoenc);
+# teacher: a loss predictor (arch 'type': critic, vit or error_map; none: critic); segmenter: a MONAI convolutional
 # segmenter (config 'segmenters'); ensemble: segmenters averaged (arch lists the members).
 KINDS = ("student", "teacher", "segmenter", "ensemble")
 # Kinds that map an image to foreground logits: what evaluation and prediction accept.
@@ -49,9 +49,13 @@ def save_model(path: str | Path, model: nn.Module, kind: str, arch: dict, input_
                extra: dict[str, Any] | None = None) -> None:
     """Write ``{state_dict, kind, arch, input_size, ...}`` atomically (temp file, then rename).
 
-    In a data-parallel job only rank 0 writes (the ranks hold the same weights)."""
+    A student's ``arch`` may be the config section 'student': its flat arch, with the type, is
+    kept (emkt.models.student_arch). In a data-parallel job only rank 0 writes (the ranks hold
+    the same weights)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "student":
+        arch = student_arch(arch)
     if not distributed.current().main:
         return
     payload = {
@@ -135,23 +139,16 @@ def check_normalisation(payload: dict, path: str | Path = "<checkpoint>") -> Non
 def arch_keys(kind: str, arch: dict | None = None) -> tuple[set[str], set[str]]:
     """(required, optional) keys of the ``arch`` of a checkpoint kind; for the networks built
     from keyword arguments they are read off the constructor, so they cannot drift from it.
-    A teacher's keys depend on its type (``arch['type']``)."""
+    A student's and a teacher's keys depend on its type (``arch['type']``)."""
     if kind == "segmenter":
         return set(SEGMENTER_ARCH_KEYS["required"]), set(SEGMENTER_ARCH_KEYS["optional"])
     if kind == "ensemble":
         return {"members"}, set()
     if kind == "teacher":
         network = teacher_class(arch or {})
-        required, optional = _constructor_keys(network)
+        required, optional = constructor_keys(network)
         return required, optional | {"type"}
-    return _constructor_keys(ViTSegmenter)
-
-
-def _constructor_keys(network: type[nn.Module]) -> tuple[set[str], set[str]]:
-    parameters = [p for name, p in inspect.signature(network.__init__).parameters.items()
-                  if name not in ("self", "input_size")]
-    return ({p.name for p in parameters if p.default is inspect.Parameter.empty},
-            {p.name for p in parameters if p.default is not inspect.Parameter.empty})
+    return student_arch_keys(arch or {})
 
 
 def check_arch(kind: str, arch: Any, path: str | Path = "<checkpoint>") -> None:
@@ -159,9 +156,9 @@ def check_arch(kind: str, arch: Any, path: str | Path = "<checkpoint>") -> None:
     needs or has one it does not know (instead of a TypeError from deep inside MONAI)."""
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: the {kind} arch is a {type(arch).__name__}, not a dict")
-    if kind == "teacher":
+    if kind in ("teacher", "student"):
         try:
-            teacher_class(arch)
+            teacher_class(arch) if kind == "teacher" else student_type(arch)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     required, optional = arch_keys(kind, arch)

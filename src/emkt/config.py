@@ -81,15 +81,7 @@ def _semantic_problems(config: dict) -> list[str]:
             f"got {split['train']} + {split['val']} + {split['test']} = {total:g}"
         )
     size = config["input_size"]
-    problems += _vit_problems("student", config["student"], size)
-    teacher = config["teacher"]
-    if len(teacher["channels"]) != len(teacher["strides"]):
-        problems.append("config keys 'teacher.channels' and 'teacher.strides' must have the same length")
-    downsampling = math.prod(teacher["strides"])
-    if size % downsampling:
-        problems.append(
-            f"config key 'input_size' = {size} must be divisible by the product of 'teacher.strides' = {downsampling}"
-        )
+    problems += _student_problems(config["student"], size) + _teacher_problems(config["teacher"], size)
     source = config["data"]["source"]
     for key in ("labelled_dir", "unlabelled_dir"):
         if source == "folder" and not config["data"][key]:
@@ -126,6 +118,7 @@ def _error_map_problems(config: dict) -> list[str]:
 CONDITION_STUDENTS = {
     "ensemble_distillation": ["ensemble_distilled"],
     "pseudo_label": ["pseudo_labelled"],
+    "mean_teacher": ["mean_teacher"],
     "feature_distillation": ["feature_distilled"],
 }
 # Teacher kinds: the scalar MONAI Critic (section 'teacher') and the per-pixel error-map UNet
@@ -228,6 +221,57 @@ def _distributed_problems(config: dict) -> list[str]:
     return problems
 
 
+# SwinUNETR halves the resolution 5 times (patch embedding, then 4 stages); kept here, not
+# imported from emkt.models, so that checking a config never imports torch.
+SWIN_DOWNSAMPLING = 32
+
+
+def _student_problems(student: dict, size: int) -> list[str]:
+    """The chosen student type's constraints (the other types' settings are not used)."""
+    kind = student["type"]
+    if kind == "vitautoenc":
+        return _vit_problems("student", student, size)
+    if kind == "swinunetr":
+        swin, problems = student["swinunetr"], []
+        if size % SWIN_DOWNSAMPLING or size < 2 * SWIN_DOWNSAMPLING:
+            problems.append(f"config key 'input_size' = {size} must be a multiple of {SWIN_DOWNSAMPLING}, at least "
+                            f"{2 * SWIN_DOWNSAMPLING}, for 'student.type' swinunetr (SwinUNETR halves the resolution "
+                            "5 times, and its instance norm needs a bottleneck of more than one pixel)")
+        if swin["feature_size"] % 12:
+            problems.append(f"config key 'student.swinunetr.feature_size' = {swin['feature_size']} must be a "
+                            "multiple of 12 (MONAI SwinUNETR)")
+        for stage, heads in enumerate(swin["num_heads"]):
+            if (swin["feature_size"] * 2**stage) % heads:
+                problems.append(f"config key 'student.swinunetr.num_heads' = {swin['num_heads']}: stage {stage} has "
+                                f"{swin['feature_size'] * 2**stage} channels, not divisible by {heads} heads")
+        return problems
+    downsampling = 2 ** (student["unet"]["depth"] - 1)
+    return ([] if size % downsampling == 0 else
+            [f"config key 'input_size' = {size} must be divisible by {downsampling}, the downsampling of "
+             f"'student.unet' (depth {student['unet']['depth']})"])
+
+
+def _teacher_problems(teacher: dict, size: int) -> list[str]:
+    """The chosen scalar teacher type's constraints."""
+    problems = []
+    if teacher["type"] == "vit":
+        vit = teacher["vit"]
+        if size % vit["patch_size"]:
+            problems.append(f"config key 'teacher.vit.patch_size' = {vit['patch_size']} must divide 'input_size' = {size}")
+        if vit["hidden_size"] % vit["num_heads"]:
+            problems.append(f"config key 'teacher.vit.hidden_size' = {vit['hidden_size']} must be divisible by "
+                            f"'teacher.vit.num_heads' = {vit['num_heads']}")
+        return problems
+    if len(teacher["channels"]) != len(teacher["strides"]):
+        problems.append("config keys 'teacher.channels' and 'teacher.strides' must have the same length")
+    downsampling = math.prod(teacher["strides"])
+    if size % downsampling:
+        problems.append(
+            f"config key 'input_size' = {size} must be divisible by the product of 'teacher.strides' = {downsampling}"
+        )
+    return problems
+
+
 def _vit_problems(key: str, student: dict, size: int) -> list[str]:
     """A ViTAutoEnc's constraints, for the config section ``key``."""
     problems = []
@@ -274,7 +318,7 @@ def _condition_problems(config: dict) -> list[str]:
                         f"allowed values: {known}")
     problems += _vit_problems("feature_distillation.student", feature["student"], size)
     small, big = feature["student"], config["student"]
-    if feature["teacher"] == "baseline" and not (small["num_layers"] < big["num_layers"]
+    if feature["teacher"] == "baseline" and big["type"] == "vitautoenc" and not (small["num_layers"] < big["num_layers"]
                                                  or small["hidden_size"] < big["hidden_size"]):
         problems.append("config key 'feature_distillation.student' must have fewer layers (num_layers) or "
                         "channels (hidden_size) than its teacher, the baseline student ('student')")

@@ -43,6 +43,12 @@ ViT-B/16 student (hidden 768, 12 layers, 12 heads, MLP 3072), Critic channels
 (16, 32, 64, 128), strides (2, 2, 2, 2). Expansion draws `expand.images_per_epoch` (17,600,
 the size of the labelled training split) unlabelled images per epoch.
 
+The networks are a config choice: `student.type` (`vitautoenc`, the method's text and the
+default; `swinunetr`, the method authors' final code; `unet`) and `teacher.type` (`critic`,
+the default; `vit`, the authors' final code). `studies/authors-final.yaml` sets the authors'
+final configuration (SwinUNETR-v2 student, ViT-B/16 regression teacher, RAdam at 1e-2,
+batch 128, no schedule).
+
 One deliberate departure from MONAI's defaults: the teacher's Critic uses BatchNorm
 (`teacher.norm: BATCH`). With InstanceNorm, a constant channel is normalised away, so an
 empty and a full mask look alike; measured on the demo data, the teacher's ranking of

@@ -1,19 +1,29 @@
-"""The networks: the ViT student, the loss-predicting teacher, the convolutional segmenters
-of the distillation conditions, their ensemble, and feature taps for feature distillation.
-All built from MONAI networks."""
+"""The networks: the students (ViTAutoEnc, SwinUNETR or UNet), the loss-predicting teachers
+(Critic, ViT regressor, error-map UNet), the convolutional segmenters of the distillation
+conditions, their ensemble, and feature taps for feature distillation. All built from MONAI
+networks."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet, Critic, SegResNet, UNet, ViTAutoEnc
+from monai.networks.nets import ViT, BasicUNet, Critic, SegResNet, SwinUNETR, UNet, ViTAutoEnc
 from torch import nn
 
 SEGMENTER_TYPES = ("unet", "basicunet", "segresnet")
 # BasicUNet has a fixed depth: four 2x downsamplings.
 BASICUNET_DEPTH = 5
+
+
+def _no_cross_attention_grads(blocks: nn.ModuleList) -> None:
+    """MONAI's transformer blocks hold a cross-attention LayerNorm even without cross attention;
+    it never gets a gradient, and DistributedDataParallel would wait for one."""
+    for block in blocks:
+        if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
+            block.norm_cross_attn.requires_grad_(False)
 
 
 class ViTSegmenter(nn.Module):
@@ -38,14 +48,26 @@ class ViTSegmenter(nn.Module):
             dropout_rate=dropout_rate,
             spatial_dims=2,
         )
-        # MONAI's transformer blocks hold a cross-attention LayerNorm even without cross
-        # attention; it never gets a gradient, and DistributedDataParallel would wait for one.
-        for block in self.net.blocks:
-            if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
-                block.norm_cross_attn.requires_grad_(False)
+        _no_cross_attention_grads(self.net.blocks)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)[0]
+
+
+class SwinSegmenter(nn.Module):
+    """MONAI SwinUNETR (2D, v2 blocks by default: the method authors' final student) as a
+    1-channel segmenter returning logits. ``input_size`` must be a multiple of 32."""
+
+    def __init__(self, input_size: int, feature_size: int, depths: list[int], num_heads: list[int],
+                 use_v2: bool = True, drop_rate: float = 0.0, window_size: int = 7) -> None:
+        super().__init__()
+        del input_size  # any multiple of 32 (checked by the config)
+        self.net = SwinUNETR(in_channels=1, out_channels=1, feature_size=feature_size, depths=tuple(depths),
+                             num_heads=tuple(num_heads), use_v2=use_v2, drop_rate=drop_rate,
+                             window_size=window_size, spatial_dims=2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
 
 
 class LossPredictor(nn.Module):
@@ -92,8 +114,27 @@ class ErrorMapPredictor(nn.Module):
         return error_map if dense else error_map.flatten(1).mean(dim=1)
 
 
+class ViTLossPredictor(nn.Module):
+    """MONAI ViT on (image, mask probability) with a 1-output regression head predicting that
+    mask's per-image BCE (the method authors' final teacher); softplus keeps it non-negative."""
+
+    def __init__(self, input_size: int, patch_size: int, hidden_size: int, mlp_dim: int, num_layers: int,
+                 num_heads: int, dropout_rate: float = 0.0) -> None:
+        super().__init__()
+        # post_activation None: a plain linear head (MONAI's default Tanh would cap the loss at 1)
+        self.net = ViT(in_channels=2, img_size=(input_size, input_size), patch_size=(patch_size, patch_size),
+                       hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads,
+                       classification=True, num_classes=1, post_activation=None, dropout_rate=dropout_rate,
+                       spatial_dims=2)
+        _no_cross_attention_grads(self.net.blocks)
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """Predicted per-image BCE, shape ``(B,)``."""
+        return F.softplus(self.net(torch.cat([image, prob], dim=1))[0].float()).flatten()
+
+
 # Teacher checkpoints' arch 'type' (none: the Critic, as written before error-map teachers).
-TEACHER_TYPES = {"critic": LossPredictor, "error_map": ErrorMapPredictor}
+TEACHER_TYPES = {"critic": LossPredictor, "vit": ViTLossPredictor, "error_map": ErrorMapPredictor}
 
 
 def teacher_class(arch: dict) -> type[nn.Module]:
@@ -105,9 +146,16 @@ def teacher_class(arch: dict) -> type[nn.Module]:
 
 
 def teacher_arch(config: dict, kind: str) -> dict:
-    """The arch of a teacher kind from the config: 'critic' (section 'teacher') or
-    'error_map' (section 'error_map_teacher')."""
-    return dict(config["teacher"]) if kind == "critic" else {"type": kind, **config["error_map_teacher"]}
+    """The arch of a teacher kind from the config: 'critic', the scalar teacher of section
+    'teacher' (a Critic, or a ViT regressor with teacher.type 'vit'), or 'error_map' (section
+    'error_map_teacher')."""
+    if kind == "error_map":
+        return {"type": kind, **config["error_map_teacher"]}
+    section = config["teacher"]
+    scalar = section.get("type", "critic")
+    if scalar == "vit":
+        return {"type": "vit", **section["vit"]}
+    return {"type": "critic", **{key: section[key] for key in _constructor_names(LossPredictor) if key in section}}
 
 
 def is_dense_teacher(teacher: nn.Module) -> bool:
@@ -115,12 +163,65 @@ def is_dense_teacher(teacher: nn.Module) -> bool:
     return isinstance(teacher, ErrorMapPredictor)
 
 
-def build_student(student_cfg: dict, input_size: int) -> ViTSegmenter:
-    return ViTSegmenter(input_size=input_size, **student_cfg)
+# Student types (config student.type, checkpoints' student arch 'type'; none: ViTAutoEnc).
+STUDENT_TYPES = ("vitautoenc", "swinunetr", "unet")
+
+
+def student_type(arch: dict) -> str:
+    kind = arch.get("type", "vitautoenc")
+    if kind not in STUDENT_TYPES:
+        raise ValueError(f"unknown student type {kind!r}; allowed: {list(STUDENT_TYPES)}")
+    return kind
+
+
+def student_arch(student_cfg: dict) -> dict:
+    """The flat arch of a student, as checkpoints keep it: ``{"type": ..., <its settings>}``.
+    From the config section 'student' (the type's settings: the ViT keys at the top, the
+    others under student.swinunetr / student.unet) or from an arch already flat."""
+    kind = student_type(student_cfg)
+    if kind == "vitautoenc":
+        return {"type": kind, **{key: student_cfg[key] for key in _constructor_names(ViTSegmenter)
+                                 if key in student_cfg}}
+    nested = student_cfg.get(kind)
+    settings = nested if isinstance(nested, dict) else {k: v for k, v in student_cfg.items() if k != "type"}
+    return {"type": kind, **settings}
+
+
+def student_arch_keys(arch: dict) -> tuple[set[str], set[str]]:
+    """(required, optional) keys of a student type's flat arch, read off its constructor."""
+    kind = student_type(arch)
+    if kind == "unet":
+        return {"type", "width"}, {"depth"}
+    required, optional = constructor_keys(ViTSegmenter if kind == "vitautoenc" else SwinSegmenter)
+    return required, optional | {"type"}
+
+
+def constructor_keys(network: type[nn.Module]) -> tuple[set[str], set[str]]:
+    """(required, optional) keyword arguments of a network's constructor, but input_size."""
+    parameters = [p for name, p in inspect.signature(network.__init__).parameters.items()
+                  if name not in ("self", "input_size")]
+    return ({p.name for p in parameters if p.default is inspect.Parameter.empty},
+            {p.name for p in parameters if p.default is not inspect.Parameter.empty})
+
+
+def _constructor_names(network: type[nn.Module]) -> set[str]:
+    required, optional = constructor_keys(network)
+    return required | optional
+
+
+def build_student(student_cfg: dict, input_size: int) -> nn.Module:
+    """A student of any type, from the config section 'student' or a checkpoint's arch."""
+    arch = student_arch(student_cfg)
+    settings = {key: value for key, value in arch.items() if key != "type"}
+    if arch["type"] == "vitautoenc":
+        return ViTSegmenter(input_size=input_size, **settings)
+    if arch["type"] == "swinunetr":
+        return SwinSegmenter(input_size=input_size, **settings)
+    return build_segmenter({"type": "unet", **settings}, input_size)
 
 
 def build_teacher(arch: dict, input_size: int) -> nn.Module:
-    """A teacher from its arch: the Critic (no 'type', or 'critic') or an error-map UNet."""
+    """A teacher from its arch: the Critic (no 'type', or 'critic'), the ViT regressor or an error-map UNet."""
     settings = {key: value for key, value in arch.items() if key != "type"}
     return teacher_class(arch)(input_size=input_size, **settings)
 
@@ -179,9 +280,14 @@ class EnsembleSegmenter(nn.Module):
 
 def default_feature_layer(model: nn.Module) -> str:
     """The module whose output feature distillation matches when the config names none: the
-    last transformer block of a ViT student. Other networks need the layer named."""
+    last transformer block of a ViT student, the bottleneck of a SwinUNETR or MONAI UNet.
+    Other networks need the layer named."""
     if isinstance(model, ViTSegmenter):
         return f"net.blocks.{len(model.net.blocks) - 1}"
+    if isinstance(model, SwinSegmenter):
+        return "net.encoder10"
+    if isinstance(model, UNet):  # the innermost of MONAI's nested skip connections
+        return max((name for name, _ in model.named_modules() if name.endswith("submodule")), key=len)
     raise ValueError(f"{type(model).__name__} has no default feature layer; name one in the config "
                      "(feature_distillation.teacher_layer / student_layer), e.g. one of: "
                      + ", ".join(name for name, _ in list(model.named_modules())[1:8]) + ", ...")

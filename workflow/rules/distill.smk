@@ -1,6 +1,7 @@
 # The distillation conditions (config 'conditions'): convolutional segmenters and their
-# ensemble, ensemble soft-label distillation, pseudo-label self-training on the pool, and
-# feature distillation into a small student. One job per seed (and per segmenter or pool shard).
+# ensemble, ensemble soft-label distillation, pseudo-label self-training and mean-teacher
+# consistency training on the pool, and feature distillation into a small student. One job per
+# seed (and per segmenter or pool shard).
 
 
 rule train_segmenter:
@@ -155,6 +156,32 @@ rule train_pseudo_labelled:
         ENVS["train"]
     script:
         "../scripts/train_pseudo_labelled.py"
+
+
+rule train_mean_teacher:
+    input:
+        split="results/splits/datasplit.csv",
+        labelled=LABELLED_STORE,
+        pool=POOL_STORE,
+        init=[student_model("baseline", "{seed}")] if config["mean_teacher"]["init"] == "baseline" else [],
+    output:
+        model="results/models/student_mean_teacher_{seed}.pth",
+        history="results/history/student_mean_teacher_{seed}.csv",
+    params:
+        state=training_state("train_mean_teacher"),
+        **training_params("student", "expand", "mean_teacher"),
+    log:
+        "results/logs/train_mean_teacher/{seed}.log",
+    benchmark:
+        "results/benchmarks/train_mean_teacher/{seed}.tsv"
+    retries: config["resources"]["train"].get("retries", 0)
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        **training_resources(),
+    conda:
+        ENVS["train"]
+    script:
+        "../scripts/train_mean_teacher.py"
 
 
 rule feature_distill:

@@ -136,6 +136,17 @@ class TrainingJob:
         return stage(self.config, self.seed, self.files, *inputs, self.snakemake.output.history, self.device,
                      self.resume, **settings)
 
+    def starting_student(self):
+        """(student, its condition) a pool stage starts from: the baseline student when the
+        rule's input 'init' names it (config init: baseline), else a new one (None: scratch)."""
+        if self.snakemake.input.init:
+            from emkt.checkpoints import load_model
+
+            return load_model(self.snakemake.input.init[0], expected_kind="student")[0], "baseline"
+        from emkt.models import build_student
+
+        return build_student(self.config["student"], self.config["input_size"]), None
+
     def save_segmenter(self, path, model, kind: str, arch: dict, extra: dict) -> None:
         """save_segmentation_network: the network with its validation calibration (rank 0)."""
         save_segmentation_network(self.snakemake, self.config, self.device, path, model, kind, arch, extra,

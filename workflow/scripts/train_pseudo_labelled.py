@@ -1,4 +1,4 @@
-"""Pseudo-label self-training of a ViT student on labelled images plus the pseudo-labelled pool."""
+"""Pseudo-label self-training of a student on labelled images plus the pseudo-labelled pool."""
 
 from jobsetup import TrainingJob
 
@@ -7,8 +7,7 @@ with TrainingJob(snakemake, seed) as job:
     import logging
 
     from emkt.calibration import pseudo_label_threshold
-    from emkt.checkpoints import kept_epoch_extra, load_checkpoint, load_model
-    from emkt.models import build_student
+    from emkt.checkpoints import kept_epoch_extra, load_checkpoint
     from emkt.training.self_training import self_train
 
     settings = job.config["pseudo_label"]
@@ -17,12 +16,7 @@ with TrainingJob(snakemake, seed) as job:
     logging.getLogger("emkt").info("pseudo-label confidence threshold %.2f (pseudo_label.threshold: %s)", threshold,
                                    settings["threshold"])
 
-    # the rule's init input is the baseline student with pseudo_label.init: baseline, else empty (from scratch)
-    start = "baseline" if snakemake.input.init else None
-    if start is not None:
-        student, _ = load_model(snakemake.input.init[0], expected_kind="student")
-    else:
-        student = build_student(job.config["student"], job.config["input_size"])
+    student, start = job.starting_student()  # pseudo_label.init
     trained = job.train(self_train, snakemake.input.pseudo, student, from_trained=start is not None,
                         threshold=threshold)
     job.save_segmenter(snakemake.output.model, trained.student, "student", job.config["student"],

@@ -44,6 +44,8 @@ def make_optimizer(parameters, train_cfg: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    if name == "radam":
+        return torch.optim.RAdam(parameters, lr=lr, weight_decay=wd, decoupled_weight_decay=True)
     return torch.optim.SGD(parameters, lr=lr, weight_decay=wd, momentum=train_cfg["momentum"])
 
 
