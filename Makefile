@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo study test test-fast lint benchmark benchmark-speed benchmark-demo clean-results
+.PHONY: setup demo study study-real-em test test-fast lint benchmark benchmark-speed benchmark-demo clean-results
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,23 @@ study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml studies/demo-scale.yaml studies/expansion.yaml studies/em-mito-mini.yaml \
 		--directory study/em-mito-mini
 	@cat study/demo/results/tables/expansion_selection.md study/em-mito-mini/results/tables/expansion_selection.md
+
+# The real-EM study (issue 19): em-mito-mini's drosophila_vnc sections in contiguous blocks, its second
+# stack as the pool; baseline, expansion, pseudo-labelling and mean teacher, 3 seeds, UNet and ViT
+# students; and the UNet baseline's longer learning curve. The three runs are independent.
+REAL_EM_LABELS := $(abspath ../shared/data/em-mito-mini/cem_mitolab/drosophila_vnc)
+REAL_EM_RUNS := unet:studies/real-em-unet.yaml vit:studies/real-em-vit.yaml \
+	long:studies/real-em-unet.yaml,studies/real-em-long.yaml
+study-real-em: setup
+	for run in $(REAL_EM_RUNS); do \
+		name=$${run%%:*}; files=$$(echo $${run#*:} | tr , ' '); \
+		mkdir -p study/real-em-$$name/data/labelled && \
+		ln -sfn $(REAL_EM_LABELS) study/real-em-$$name/data/labelled/drosophila_vnc && \
+		$(BIN)/snakemake --cores $(CORES) --configfile config.yaml studies/real-em.yaml $$files \
+			--directory study/real-em-$$name || exit 1; \
+	done
+	@cat study/real-em-unet/results/tables/headline.md study/real-em-unet/results/tables/rivals.md \
+		study/real-em-vit/results/tables/headline.md study/real-em-vit/results/tables/rivals.md
 
 test: setup
 	$(BIN)/python -m pytest -q

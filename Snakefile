@@ -26,6 +26,7 @@ rule all:
         "results/tables/summary.md",
         "results/tables/headline.md",
         list(EXPANSION_TABLES.values()),
+        list(RIVAL_TABLES.values()),
         FIGURES,
         prediction_outputs(),
     default_target: True

@@ -69,6 +69,8 @@ def merged(base: dict, update: dict) -> dict:
 # with one student. The default expansion variant, anchored (one teacher kind, the Critic); the
 # real-EM fixture run (tests/test_workflow.py) has the error-map teacher and its variant.
 DEMO = merged(TINY, {
+    # every condition, mean teacher included
+    "conditions": [*TINY["conditions"], "mean_teacher"],
     # one pool shard: one pseudo-labelling job per seed (the sharded path runs in tests of its own)
     "store": {"pool_shards": 1},
     "external_test": [{"name": "em_mito_mini", "dir": "external/em_mito_mini"}],
@@ -352,7 +354,10 @@ FIXTURE_RUN = merged(TINY_EXPANSION, {
     "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "group_by": "source"},
     "store": {"labelled_shards": 2, "pool_shards": 3, "pool_tile": 224},
     "input_size": 64,
-    "student": {"patch_size": 16},
+    # the other architectures through the whole chain: UNet students, a ViT regression teacher
+    "student": {"type": "unet", "unet": {"width": 4, "depth": 3}},
+    "teacher": {"type": "vit", "vit": {"patch_size": 16, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1,
+                                       "num_heads": 2, "dropout_rate": 0.0}},
     "train": {"pos_weight": 5.0},
     "teacher_pretrain": {"epochs": 1},
     "student_baseline": {"epochs": 1},

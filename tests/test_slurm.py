@@ -29,7 +29,8 @@ from slurm_cluster import JOBNAME_PREFIX, run_command
 pytestmark = pytest.mark.workflow
 
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
-DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "feature_distill"}
+DISTILL_TRAINING_RULES = {"train_segmenter", "distill_ensemble", "train_pseudo_labelled", "train_mean_teacher",
+                          "feature_distill"}
 GPU_RULES = TRAINING_RULES | DISTILL_TRAINING_RULES | {"evaluate_networks", "evaluate_teachers",
                                                        "ensemble_soft_labels", "pseudo_label_shard"}
 # Inference speed and memory (metrics) and epoch times (a column of the training histories) are

@@ -32,14 +32,15 @@ from loopback import LoopbackServer
 pytestmark = pytest.mark.workflow
 
 FIGURES = ["metrics.png", "speed_accuracy.png", "teacher_scatter.png", "training_curves.png", "predictions.png"]
-STUDENTS = {"baseline", "joint", "expanded_anchored", "ensemble_distilled", "pseudo_labelled", "feature_distilled"}
+STUDENTS = {"baseline", "joint", "expanded_anchored", "ensemble_distilled", "pseudo_labelled", "mean_teacher",
+            "feature_distilled"}
 TEACHER_STAGES = {"pretrained", "joint"}  # the real-EM fixture run has the error-map teacher's
 PIXEL_METRICS = {"iou", "dice", "accuracy", "precision", "recall", "ece", "mce"}
 OBJECT_METRICS = {"object_f1", "pq", "count_mae"}
 COST_METRICS = {"parameters", "images_per_s", "peak_memory_mb"}
 # under the calibration chosen on validation (threshold, temperature), and threshold-free (ap)
 CALIBRATED_METRICS = {"iou_tuned", "ap", "ece_calibrated", "threshold", "temperature"}
-FINE_TUNED = {"expanded_anchored", "pseudo_labelled"}
+FINE_TUNED = {"expanded_anchored", "pseudo_labelled", "mean_teacher"}
 TRAINING_RULES = {"pretrain_teacher", "train_student_baseline", "joint_train", "expand_student"}
 
 
@@ -188,7 +189,9 @@ def test_demo_dag_produces_table_and_figures(demo_run):
     headline = (results / "tables" / "headline.md").read_text()
     assert headline.startswith("Test split, 2 seeds, ") and len(headline.splitlines()) <= 20
     assert headline.index("| student   | baseline ") < headline.index("| reference | ensemble ")
-    assert "teacher" not in headline and "182001.000" not in headline
+    kinds = {line.split("|")[1].strip() for line in headline.splitlines() if line.startswith("| ")}
+    assert kinds == {"kind", "student", "reference"} and "182001.000" not in headline
+    assert "| student   | mean_teacher " in headline
     # the report and the selection (validation split) tables are apart and say which they are
     assert markdown.startswith("Report (test split and external sets): ")
     assert (results / "tables" / "selection.md").read_text().startswith("Selection (validation split): ")
@@ -208,20 +211,21 @@ def test_demo_dag_produces_table_and_figures(demo_run):
         assert (results / "figures" / figure).stat().st_size > 10_000
     for stage in ("teacher_pretrained", "student_baseline", "joint", "student_expanded_anchored", "segmenter_unet",
                   "segmenter_basicunet", "student_ensemble_distilled", "student_pseudo_labelled",
-                  "student_feature_distilled"):
+                  "student_mean_teacher", "student_feature_distilled"):
         history = pd.read_csv(results / "history" / f"{stage}_0.csv")
-        # expansion and self-training from the baseline (pseudo_label.init) validate their start first (epoch 0)
-        fine_tuned = stage.startswith("student_expanded") or stage == "student_pseudo_labelled"
+        # expansion, and self-training and the mean teacher from the baseline (their init), validate their
+        # start first (epoch 0)
+        fine_tuned = stage.startswith("student_expanded") or stage in ("student_pseudo_labelled", "student_mean_teacher")
         epochs = [0, 1, 2] if fine_tuned else [1, 2]
         assert {"epoch", "lr", "seconds"} <= set(history.columns) and list(history["epoch"]) == epochs, stage
         if fine_tuned:  # the checkpoint says which epoch was kept, and what it was fine-tuned from
             extra = load_checkpoint(results / "models" / f"{stage}_0.pth")["extra"]
-            start = "baseline" if stage == "student_pseudo_labelled" else "joint"
+            start = "joint" if stage.startswith("student_expanded") else "baseline"
             assert extra["fine_tuned_from"] == start and extra["kept_epoch"] == history["val_iou"].idxmax(), stage
-    # Self-training sees as many pool images as expansion.
-    pool_images = [pd.read_csv(results / "history" / f"{stage}_0.csv")["train_pool_images"]
-                   for stage in ("student_expanded_anchored", "student_pseudo_labelled")]
-    assert pool_images[0].dropna().tolist() == pool_images[1].dropna().tolist()  # epoch 0 trains on nothing
+    # Self-training and the mean teacher see as many pool images as expansion.
+    pool_images = [pd.read_csv(results / "history" / f"{stage}_0.csv")["train_pool_images"].dropna().tolist()
+                   for stage in ("student_expanded_anchored", "student_pseudo_labelled", "student_mean_teacher")]
+    assert pool_images[0] == pool_images[1] == pool_images[2]  # epoch 0 trains on nothing
     soft = pd.read_csv(results / "soft_labels" / "ensemble_0.csv")
     assert len(soft) == (split["split"] == "train").sum()
     # Pseudo-label shards are temporary by default (as large as the pool): gone once used.
@@ -342,6 +346,11 @@ def test_real_em_fixture_from_a_loopback_empiar_mirror_runs_to_the_summary_table
     assert "pixel_auroc@expanded_error_map" in set(auroc["metric"]) and auroc["mean"].between(0, 1).all()
     per_image = pd.read_csv(results / "eval" / "student_baseline_0_per_image.csv")
     assert len(per_image) == (split["split"] == "test").sum()
+    # the run's networks: UNet students and a ViT scalar teacher, recorded in their checkpoints
+    for student in ("baseline", "joint", "expanded_error_map"):
+        assert load_checkpoint(results / "models" / f"student_{student}_0.pth")["arch"]["type"] == "unet"
+    assert load_checkpoint(results / "models" / "teacher_joint_0.pth")["arch"]["type"] == "vit"
+    assert teachers[teachers["condition"] == "joint"]["mean"].notna().any()
     assert "epoch 1/1" in (results / "logs" / "expand_student" / "error_map_0.log").read_text()
 
 

@@ -318,7 +318,8 @@ def _condition_problems(config: dict) -> list[str]:
                         f"allowed values: {known}")
     problems += _vit_problems("feature_distillation.student", feature["student"], size)
     small, big = feature["student"], config["student"]
-    if feature["teacher"] == "baseline" and big["type"] == "vitautoenc" and not (small["num_layers"] < big["num_layers"]
+    if ("feature_distillation" in config["conditions"] and feature["teacher"] == "baseline"
+            and big["type"] == "vitautoenc") and not (small["num_layers"] < big["num_layers"]
                                                  or small["hidden_size"] < big["hidden_size"]):
         problems.append("config key 'feature_distillation.student' must have fewer layers (num_layers) or "
                         "channels (hidden_size) than its teacher, the baseline student ('student')")

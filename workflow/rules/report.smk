@@ -10,6 +10,15 @@ EXPANSION_TABLES = (
      "expansion_selection_csv": "results/tables/expansion_selection.csv"}
     if "expansion" in CONDITIONS else {}
 )
+# With the mean teacher: the other students that learn from the pool (expanded, pseudo-labelled)
+# against it, the field's standard semi-supervised rival, on the same pool and budget.
+POOL_ROWS = [row for row in STUDENTS if row.startswith("expanded_") or row == "pseudo_labelled"]
+RIVAL_TABLES = (
+    {"rivals": "results/tables/rivals.md", "rivals_csv": "results/tables/rivals.csv",
+     "rivals_selection": "results/tables/rivals_selection.md",
+     "rivals_selection_csv": "results/tables/rivals_selection.csv"}
+    if "mean_teacher" in CONDITIONS and POOL_ROWS else {}
+)
 EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
     f"results/eval/reference_{c}_{{seed}}.csv" for c in REFERENCES
 ]
@@ -36,9 +45,11 @@ rule aggregate:
         selection_csv="results/tables/selection.csv",
         selection="results/tables/selection.md",
         **EXPANSION_TABLES,
+        **RIVAL_TABLES,
     params:
         expansion_rows=[row for row in STUDENT_CONDITIONS if row not in ("baseline", "joint")],
         expansion_metrics=EXPANSION_METRICS,
+        pool_rows=POOL_ROWS,
         bootstrap_replicates=config["evaluate"]["bootstrap_replicates"],
     log:
         "results/logs/aggregate.log",

@@ -30,6 +30,12 @@ if hasattr(out, "expansion"):
               "metrics": snakemake.params.expansion_metrics}
     tables[(REPORT, out.expansion_csv, out.expansion)] = chosen
     tables[(SELECTION, out.expansion_selection_csv, out.expansion_selection)] = chosen
+# The students that learn from the pool against the mean teacher, on the same pool and budget.
+if hasattr(out, "rivals"):
+    chosen = {"reference": "mean_teacher", "conditions": snakemake.params.pool_rows,
+              "metrics": snakemake.params.expansion_metrics}
+    tables[(REPORT, out.rivals_csv, out.rivals)] = chosen
+    tables[(SELECTION, out.rivals_selection_csv, out.rivals_selection)] = chosen
 for (purpose, csv, markdown), chosen in tables.items():
     table = summary_table(long, per_image, purpose, replicates=replicates, **chosen)
     with atomic_path(csv) as tmp:
