@@ -26,7 +26,7 @@ from ..models import freeze
 from ..resume import Checkpointing
 from ..store import DataFiles
 from .loop import KeptStudent
-from .self_training import fit_on_pool, pool_crops
+from .self_training import fit_on_pool, pool_crops, pseudo_label_targets
 
 
 @torch.no_grad()
@@ -44,9 +44,8 @@ def consistency_targets(teacher_prob: torch.Tensor, threshold: float,
     """The student's pool target and the map of pixels it is trained on: the EMA teacher's
     hard label (p >= 0.5) or its probability (``target`` 'soft'), kept where its confidence
     max(p, 1-p) reaches ``threshold``."""
-    confident = (torch.maximum(teacher_prob, 1.0 - teacher_prob) >= threshold).float()
-    labels = (teacher_prob >= 0.5).float() if target == "hard" else teacher_prob
-    return labels, confident
+    labels, confident = pseudo_label_targets(teacher_prob, threshold)
+    return (labels if target == "hard" else teacher_prob), confident
 
 
 def consistency_loss(train_student: nn.Module, teacher: nn.Module, weak: torch.Tensor,
