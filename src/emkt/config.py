@@ -245,10 +245,14 @@ def _student_problems(student: dict, size: int) -> list[str]:
                 problems.append(f"config key 'student.swinunetr.num_heads' = {swin['num_heads']}: stage {stage} has "
                                 f"{swin['feature_size'] * 2**stage} channels, not divisible by {heads} heads")
         return problems
-    downsampling = 2 ** (student["unet"]["depth"] - 1)
+    return _unet_size_problems("student.unet", student["unet"]["depth"], size)
+
+
+def _unet_size_problems(key: str, depth: int, size: int) -> list[str]:
+    """A UNet of ``depth`` levels (config section ``key``) halves the input depth - 1 times."""
+    downsampling = 2 ** (depth - 1)
     return ([] if size % downsampling == 0 else
-            [f"config key 'input_size' = {size} must be divisible by {downsampling}, the downsampling of "
-             f"'student.unet' (depth {student['unet']['depth']})"])
+            [f"config key 'input_size' = {size} must be divisible by {downsampling}, the downsampling of '{key}'"])
 
 
 def _teacher_problems(teacher: dict, size: int) -> list[str]:
@@ -300,10 +304,7 @@ def _condition_problems(config: dict) -> list[str]:
         depth = arch.get("depth")
         if arch["type"] == "basicunet" and depth not in (None, 5):
             problems.append(f"config key 'segmenters.{name}.depth' = {depth}: a basicunet always has 5 levels; leave depth out")
-        downsampling = 2 ** ((depth or 5) - 1)
-        if size % downsampling:
-            problems.append(f"config key 'input_size' = {size} must be divisible by {downsampling}, the "
-                            f"downsampling of 'segmenters.{name}'")
+        problems += _unet_size_problems(f"segmenters.{name}", depth or 5, size)
     known = ["baseline", *segmenters]
     for member in config["ensemble_distillation"]["members"]:
         if member not in known:
