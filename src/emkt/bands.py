@@ -214,8 +214,33 @@ def grey_statistics(image: LazyImage, rows: int) -> tuple[tuple[float, float] | 
 
 def write_mask_and_instances(mask: np.ndarray | RowFile, mask_path: Path, instances_path: Path, min_size: int,
                              rows: int) -> dict:
-    """Write a uint8 0/255 mask (an array or a RowFile) and its instances as zlib-tiled TIFFs, reading
-    bands of ``rows`` rows (rounded to whole tiles); returns foreground_fraction and objects.
+    """Write a uint8 0/255 mask (an array or a RowFile) and its instances (``label_in_bands``)
+    as zlib-tiled TIFFs; returns height, width, foreground_fraction and objects."""
+    height, width = mask.shape
+    row, dtype, instance_bands = label_in_bands(mask, min_size, rows)
+
+    def mask_tiles() -> Iterator[np.ndarray]:
+        for start in range(0, height, TILE):
+            band = np.asarray(mask[start:start + TILE])
+            yield from (band[:, left:left + TILE] for left in range(0, width, TILE))
+
+    def instance_tiles() -> Iterator[np.ndarray]:
+        for _, instances in instance_bands:
+            for top in range(0, instances.shape[0], TILE):
+                yield from (instances[top:top + TILE, left:left + TILE] for left in range(0, width, TILE))
+
+    tifffile.imwrite(mask_path, mask_tiles(), shape=(height, width), dtype=np.uint8, tile=(TILE, TILE),
+                     compression="zlib")
+    tifffile.imwrite(instances_path, instance_tiles(), shape=(height, width), dtype=dtype, tile=(TILE, TILE),
+                     compression="zlib")
+    return row
+
+
+def label_in_bands(mask, min_size: int, rows: int) -> tuple[dict, np.dtype, Iterator[tuple[int, np.ndarray]]]:
+    """The instances of a uint8 0/255 mask read in bands of ``rows`` rows (rounded to whole
+    tiles) from anything sliced by rows with a ``shape`` (an array, a RowFile, a section of a
+    volume): (height, width, foreground_fraction and objects; the instances' dtype, uint16 or
+    uint32; an iterator of (first row, instance band)) for the caller to write band by band.
 
     The instances equal emkt.metrics.instances_from_probability of the whole mask: 8-connected
     components of at least ``min_size`` pixels numbered 1..n in scan order. Each band is
@@ -223,7 +248,7 @@ def write_mask_and_instances(mask: np.ndarray | RowFile, mask_path: Path, instan
     components of the graph of seam-touching band labels), and each joined component is
     numbered by its first band label, which is its first pixel in scan order.
     """
-    height, width = mask.shape
+    height, width = mask.shape[:2]
     rows = max(TILE, rows // TILE * TILE)
     structure = np.ones((3, 3), dtype=int)
 
@@ -243,31 +268,20 @@ def write_mask_and_instances(mask: np.ndarray | RowFile, mask_path: Path, instan
             edges.append(_seam_pairs(previous, np.where(labels[0] > 0, labels[0] + offset, 0)))
         previous = np.where(labels[-1] > 0, labels[-1] + offset, 0)
     node_sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-    final = _number_components(node_sizes, np.concatenate(edges) if edges else np.zeros((0, 2), np.int64), min_size)
+    final = number_components(node_sizes, np.concatenate(edges) if edges else np.zeros((0, 2), np.int64), min_size)
     objects = int(final.max(initial=0))
-    dtype = np.uint16 if objects <= np.iinfo(np.uint16).max else np.uint32
+    dtype = np.dtype(np.uint16 if objects <= np.iinfo(np.uint16).max else np.uint32)
 
-    def mask_tiles() -> Iterator[np.ndarray]:
-        for start in range(0, height, TILE):
-            band = np.asarray(mask[start:start + TILE])
-            yield from (band[:, left:left + TILE] for left in range(0, width, TILE))
-
-    def instance_tiles() -> Iterator[np.ndarray]:
+    def instance_bands() -> Iterator[tuple[int, np.ndarray]]:
         # Pass 2: each band labelled again (deterministic), its labels looked up in ``final``.
         for band_index, start in enumerate(range(0, height, rows)):
             labels, count = labelled(start)
             lookup = np.zeros(count + 1, dtype=dtype)
             lookup[1:] = final[offsets[band_index]:offsets[band_index] + count]
-            instances = lookup[labels]
-            for top in range(0, instances.shape[0], TILE):
-                yield from (instances[top:top + TILE, left:left + TILE] for left in range(0, width, TILE))
+            yield start, lookup[labels]
 
-    tifffile.imwrite(mask_path, mask_tiles(), shape=(height, width), dtype=np.uint8, tile=(TILE, TILE),
-                     compression="zlib")
-    tifffile.imwrite(instances_path, instance_tiles(), shape=(height, width), dtype=dtype, tile=(TILE, TILE),
-                     compression="zlib")
-    return {"height": height, "width": width, "foreground_fraction": foreground / (height * width),
-            "objects": objects}
+    row = {"height": height, "width": width, "foreground_fraction": foreground / (height * width), "objects": objects}
+    return row, dtype, instance_bands()
 
 
 def _seam_pairs(above: np.ndarray, below: np.ndarray) -> np.ndarray:
@@ -282,7 +296,7 @@ def _seam_pairs(above: np.ndarray, below: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(pairs), axis=0)
 
 
-def _number_components(node_sizes: np.ndarray, edges: np.ndarray, min_size: int) -> np.ndarray:
+def number_components(node_sizes: np.ndarray, edges: np.ndarray, min_size: int) -> np.ndarray:
     """Final instance id (0: dropped) of every band label (node): joined components of at least
     ``min_size`` pixels numbered 1..n in the order of their first node."""
     nodes = len(node_sizes)

@@ -3,7 +3,9 @@ command ``python -m emkt predict`` and the workflow's rule predict_images): prob
 mask and instances of every image, each written atomically, and a table of what was done.
 
 Images too large for the memory budget are read, predicted and written in bands of rows
-(emkt.bands). The probabilities come from emkt.inference, as evaluation's do."""
+(emkt.bands). Volumes (TIFF stacks, Zarr / OME-Zarr, MRC: emkt.volumes) are segmented
+section by section into OME-Zarr images (emkt.predict_volumes). The probabilities come from
+emkt.inference, as evaluation's do."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, RowFile, grey_statistics, image_size, open_lazily,
+from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, LazyImage, RowFile, grey_statistics, image_size, open_lazily,
                     plan_bands, rows_within, scratch_folder, write_mask_and_instances)
 from .checkpoints import check_normalisation
 from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, grey_histogram, histogram_moments,
@@ -32,11 +34,13 @@ from .files import atomic_path
 from .inference import predict_tiles
 from .metrics import instances_from_probability
 from .store import quantise_probability
+from .volumes import MRC_SUFFIXES, ZARR_SUFFIX, find_volumes, is_volume, is_zarr_path, volume_output_names
 
 log = logging.getLogger("emkt")
 
 
 OUTPUT_FOLDERS = ("probability", "mask", "instances")
+VOLUME_FOLDER = "volumes"  # <output>/volumes/<name>.ome.zarr and <name>.sections.csv
 PROBABILITY_FORMATS = ("float32", "uint8")
 # Images waiting for others of their shape hold at most this many pixels (64 MB as uint8),
 # and one sliding-window call gets at most this many: batching is for many small images,
@@ -50,8 +54,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PredictionSummary:
-    """What ``predict_folder`` did: images predicted now, files skipped as unreadable, images
-    whose outputs an earlier run left (``resume``), and the throughput of the predicted ones."""
+    """What ``predict_folder`` did: images (and volumes) predicted now, files skipped as
+    unreadable, images whose outputs an earlier run left (``resume``), and the throughput of
+    the predicted ones; ``sections``: the sections of volumes predicted now."""
 
     images: int
     skipped: int
@@ -61,21 +66,25 @@ class PredictionSummary:
     images_per_s: float
     megapixels_per_s: float
     device: str
+    sections: int = 0
 
     def __str__(self) -> str:
         text = (f"{self.images} images ({self.megapixels:.1f} Mpx) in {self.seconds:.1f} s: "
                 f"{self.images_per_s:.2f} images/s, {self.megapixels_per_s:.2f} Mpx/s on {self.device}")
-        extra = [f"{n} {what}" for n, what in ((self.resumed, "resumed"), (self.skipped, "skipped")) if n]
+        extra = [f"{n} {what}" for n, what in ((self.sections, "volume sections"), (self.resumed, "resumed"),
+                                                (self.skipped, "skipped")) if n]
         return text + (f" ({', '.join(extra)})" if extra else "")
 
 
 @dataclass
 class _Job:
-    """One input file: where it is, its output name (relative, .tiff) and, once read, its pixels."""
+    """One input file: where it is, its output name (relative, .tiff; for a volume
+    volumes/<name>.ome.zarr), whether it is a volume and, once read, its pixels."""
 
     source: Path
     name: Path
     image: np.ndarray | None = None
+    volume: bool = False
 
 
 def exact_zscore(image: np.ndarray) -> np.ndarray:
@@ -150,7 +159,7 @@ def batches_by_shape(items: Iterable[T], shape: Callable[[T], tuple[int, ...]], 
 def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, output_dir: str | Path, *,
                    threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
                    device: torch.device | str = "cpu", probability: str = "float32", recursive: bool = False,
-                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB) -> PredictionSummary:
+                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB, link_3d: bool = False) -> PredictionSummary:
     """Segment every image of ``input_dir`` with ``model`` (from ``checkpoint``, as load_model returns).
 
     Writes, per image (its path relative to ``input_dir``, suffix .tiff: ``output_names``), the probability
@@ -164,7 +173,14 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     (emkt.bands.IN_MEMORY_BYTES per pixel) exceeds it are TIFFs read, predicted and written in
     bands of rows (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
     Every image is z-scored with exact float64 statistics (``exact_zscore``).
+
+    Volumes (TIFF stacks, Zarr / OME-Zarr, MRC: emkt.volumes) are segmented section by section
+    into ``output_dir``/volumes/<name>.ome.zarr, with a per-section table <name>.sections.csv
+    beside it (emkt.predict_volumes.predict_volume; ``link_3d`` adds objects linked across
+    sections); they get one row each, and the table the columns sections and objects_3d.
     """
+    from .predict_volumes import predict_volume  # it builds on this module's helpers
+
     _check_settings(threshold, min_size, overlap, batch_size, probability)
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
@@ -181,7 +197,8 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             progress.update()
 
         budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
-        todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record, budget_pixels))]
+        volumes = [job for job in jobs if job.volume]
+        todo = [job for job in jobs if not job.volume and not (resume and _resumed(job, output_dir, record, budget_pixels))]
         sizes = {job.source: _header_size(job.source) for job in todo}  # None: the reader says why
         large = {path: size for path, size in sizes.items() if size and size[0] * size[1] > budget_pixels}
         readable = _read_jobs([job for job in todo if job.source not in large], record)
@@ -207,8 +224,22 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
                 continue
             record(job, row)
             pixels.append(height * width)
-    summary = _summary(pixels, rows, time.perf_counter() - start, device)
-    _write_table(rows, output_dir / "predictions.csv")
+        sections = 0
+        for job in volumes:
+            try:
+                row = predict_volume(model, checkpoint, job.source, output_dir / job.name, threshold=threshold,
+                                     min_size=min_size, overlap=overlap, batch_size=batch_size, device=device,
+                                     probability=probability, memory_mb=memory_mb, resume=resume, link_3d=link_3d)
+            except DataFileError as error:
+                _skip(job, record, _reason(error, job.source))
+                continue
+            predicted = row.pop("pixels")
+            record(job, row)
+            if predicted:
+                pixels.append(predicted)
+                sections += predicted // (row["height"] * row["width"])
+    summary = _summary(pixels, rows, time.perf_counter() - start, device, sections)
+    _write_table(rows, output_dir / "predictions.csv", volumes=bool(volumes))
     if summary.images + summary.resumed == 0:
         first = next(iter(rows.values()))
         raise DataFileError(f"{input_dir}: none of its {len(rows)} image files could be read "
@@ -240,21 +271,28 @@ def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list
     output inside its input does not segment its own results."""
     if not input_dir.is_dir():
         raise DataFileError(f"{input_dir}: input folder not found")
-    outputs = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
-    files = [p for p in find_images(input_dir, recursive)
-             if not any(p.resolve().is_relative_to(folder) for folder in outputs)]
-    if not files:
+    outputs = [(output_dir / folder).resolve() for folder in (*OUTPUT_FOLDERS, VOLUME_FOLDER)]
+    found = [p for p in find_images(input_dir, recursive) + find_volumes(input_dir, recursive)
+             if not any(p.resolve().is_relative_to(folder) for folder in outputs)
+             and not any(is_zarr_path(parent) for parent in p.relative_to(input_dir).parents)]  # a Zarr's own files
+    if not found:
         where = "in its tree" if recursive else "in it (sub-folders not searched)"
-        raise DataFileError(f"{input_dir}: no image files ({', '.join(PREDICTION_SUFFIXES)}) {where}")
+        raise DataFileError(f"{input_dir}: no image files ({', '.join(PREDICTION_SUFFIXES)}) or volumes "
+                            f"({', '.join((ZARR_SUFFIX, *MRC_SUFFIXES))}) {where}")
+    volume = {p: is_volume(p) for p in found}
+    files = sorted(found, key=lambda p: (volume[p], p))
+    images, volumes = [p for p in files if not volume[p]], [p for p in files if volume[p]]
+    names = (output_names([p.relative_to(input_dir) for p in images])
+             + volume_output_names([p.relative_to(input_dir) for p in volumes]))
     jobs, rows, owners = [], {}, {}
-    for path, name in zip(files, output_names([p.relative_to(input_dir) for p in files])):
+    for path, name in zip(images + volumes, names):
         if name in owners:
             reason = f"output name {name.as_posix()} taken by {owners[name].as_posix()}"
             log.warning("skipped %s: %s", path, reason)
             rows[path] = {"file": path.relative_to(input_dir).as_posix(), "status": f"skipped: {reason}"}
             continue
         owners[name] = path.relative_to(input_dir)
-        jobs.append(_Job(path, name))
+        jobs.append(_Job(path, name, volume=volume[path]))
     return jobs, rows
 
 
@@ -333,25 +371,35 @@ def _predict_in_bands(model: nn.Module, job: _Job, output_dir: Path, input_size:
     paths = output_paths(output_dir, job.name)
     with scratch_folder(paths["mask"].parent) as scratch, open_lazily(job.source, scratch) as image:
         height, width = image.shape
-        value_range, histogram = grey_statistics(image, rows_within(memory_mb, width, BAND_BYTES))
-        mean, std = histogram_moments(histogram)
-        bands = plan_bands(height, input_size, overlap, rows_within(memory_mb, width, BAND_BYTES))
-        log.info("%s: %d x %d pixels, over the memory budget: predicted in %d bands", printable(job.source),
-                 height, width, len(bands))
         mask = RowFile.create(scratch / "mask.raw", (height, width), np.uint8, tiff=False)
         with atomic_path(paths["probability"]) as tmp:
             prob_out = RowFile.create(tmp, (height, width), np.uint8 if probability == "uint8" else np.float32, tiff=True)
-            for band in bands:
-                grey = image.grey(band.start, band.stop, value_range)
-                prob = predict_tiles(model, grey[None], input_size, overlap, batch_size, device,
-                                     lambda band_image: zscore(band_image, mean, std))[0]
-                kept = prob[band.out_start - band.start:band.out_stop - band.start]
-                prob_out[band.out_start:band.out_stop] = encode_probability(kept, probability)
-                mask[band.out_start:band.out_stop] = np.multiply(kept >= threshold, 255, dtype=np.uint8)
+            for start, stop, kept in band_probabilities(model, image, input_size, overlap, batch_size, device,
+                                                        memory_mb, printable(job.source)):
+                prob_out[start:stop] = encode_probability(kept, probability)
+                mask[start:stop] = np.multiply(kept >= threshold, 255, dtype=np.uint8)
             with atomic_path(paths["mask"]) as mask_tmp, atomic_path(paths["instances"]) as instances_tmp:
                 row = write_mask_and_instances(mask, mask_tmp, instances_tmp, min_size,
                                                rows_within(memory_mb, width, LABEL_BYTES))
     return {**row, "status": "ok"}
+
+
+def band_probabilities(model: nn.Module, image: LazyImage, input_size: int, overlap: float, batch_size: int,
+                       device: torch.device, memory_mb: float, what: str) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, end row, float32 probability of those rows) of an image too large for
+    ``memory_mb``, band by band (emkt.bands): a first pass takes the whole image's conversion
+    range and histogram, so every band is converted and z-scored as the whole image would be
+    (``exact_zscore``). ``image`` is anything LazyImage-like (a TIFF, a section of a volume)."""
+    height, width = image.shape
+    value_range, histogram = grey_statistics(image, rows_within(memory_mb, width, BAND_BYTES))
+    mean, std = histogram_moments(histogram)
+    bands = plan_bands(height, input_size, overlap, rows_within(memory_mb, width, BAND_BYTES))
+    log.info("%s: %d x %d pixels, over the memory budget: predicted in %d bands", what, height, width, len(bands))
+    for band in bands:
+        grey = image.grey(band.start, band.stop, value_range)
+        prob = predict_tiles(model, grey[None], input_size, overlap, batch_size, device,
+                             lambda band_image: zscore(band_image, mean, std))[0]
+        yield band.out_start, band.out_stop, prob[band.out_start - band.start:band.out_stop - band.start]
 
 
 def _write_outputs(output_dir: Path, name: Path, prob: np.ndarray, threshold: float, min_size: int,
@@ -373,20 +421,28 @@ def _image_row(mask: np.ndarray, instances: np.ndarray) -> dict:
             "objects": int(instances.max(initial=0))}
 
 
-def _write_table(rows: dict[Path, dict], path: Path) -> None:
-    """predictions.csv: one row per input file, in file order, with its output name (empty when skipped)."""
+def _write_table(rows: dict[Path, dict], path: Path, volumes: bool = False) -> None:
+    """predictions.csv: one row per input file, in file order, with its output name (empty when
+    skipped); with ``volumes``, also their sections and objects linked across sections."""
     columns = ["file", "output", "height", "width", "foreground_fraction", "objects", "status"]
+    if volumes:
+        columns[4:4] = ["sections"]
+        columns[-1:-1] = ["objects_3d"]
     table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=columns)
-    table = table.astype({"height": "Int64", "width": "Int64", "objects": "Int64"})  # empty when skipped
+    # empty when skipped (and objects_3d for 2D images)
+    table = table.astype({key: "Int64" for key in ("height", "width", "sections", "objects", "objects_3d")
+                          if key in columns})
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
 
-def _summary(pixels: list[int], rows: dict[Path, dict], seconds: float, device: torch.device) -> PredictionSummary:
-    """Counts and throughput of a run; the rates count the images predicted now."""
+def _summary(pixels: list[int], rows: dict[Path, dict], seconds: float, device: torch.device,
+             sections: int = 0) -> PredictionSummary:
+    """Counts and throughput of a run; the rates count the images (and volumes) predicted now."""
     megapixels = sum(pixels) / 1e6
     statuses = [row["status"] for row in rows.values()]
     rate = (lambda amount: amount / seconds if seconds > 0 else 0.0)
     return PredictionSummary(images=len(pixels), skipped=sum(s.startswith("skipped") for s in statuses),
                              resumed=statuses.count("resumed"), megapixels=megapixels, seconds=seconds,
-                             images_per_s=rate(len(pixels)), megapixels_per_s=rate(megapixels), device=str(device))
+                             images_per_s=rate(len(pixels)), megapixels_per_s=rate(megapixels), device=str(device),
+                             sections=sections)
