@@ -30,13 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``emkt predict``: the options of emkt.predict.predict_folder."""
     predict = commands.add_parser(
-        "predict", help="segment a folder of images with a trained model",
+        "predict", help="segment a folder of images or volumes with a trained model",
         description="Segment every TIFF, PNG and JPEG image of a folder with a trained model. Writes "
                     "OUTPUT/probability/, OUTPUT/mask/ (0/255) and OUTPUT/instances/ (labels 1..n), one "
-                    ".tiff per image, and OUTPUT/predictions.csv (one row per input file).")
+                    ".tiff per image, and OUTPUT/predictions.csv (one row per input file). Volumes (TIFF "
+                    "stacks, Zarr / OME-Zarr folders, MRC files) are segmented section by section into "
+                    "OUTPUT/volumes/<name>.ome.zarr, with a per-section table <name>.sections.csv.")
     predict.add_argument("--checkpoint", required=True, type=Path,
                          help="model checkpoint, e.g. results/models/student_expanded_anchored_0.pth")
-    predict.add_argument("--input", required=True, type=Path, help="folder of images to segment")
+    predict.add_argument("--input", required=True, type=Path, help="folder of images and volumes to segment")
     predict.add_argument("--output", required=True, type=Path, help="folder the results are written to")
     predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=16,
@@ -52,11 +54,15 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
                               "(default: %(default)s)")
     predict.add_argument("--recursive", action="store_true", help="also segment the images of sub-folders")
     predict.add_argument("--resume", action="store_true",
-                         help="keep the results of images an earlier run finished")
+                         help="keep the results of images (and the sections of volumes) an earlier run finished")
     predict.add_argument("--memory-mb", type=float, default=4096,
-                         help="memory for image arrays, in MB: a TIFF whose prediction would need more is read, "
-                              "predicted and written in bands of rows, with the same result; model and runtime "
-                              "come on top (default: %(default)g)")
+                         help="memory for image arrays, in MB: a TIFF (or a volume's section) whose prediction "
+                              "would need more is read, predicted and written in bands of rows, with the same "
+                              "result; volumes are read and written a few sections at a time within it; model "
+                              "and runtime come on top (default: %(default)g)")
+    predict.add_argument("--link-3d", action="store_true",
+                         help="for volumes: also label objects across sections (objects of adjacent sections "
+                              "that overlap are one), as labels/instances_3d of the output")
     predict.add_argument("--threads", type=int, default=None,
                          help=f"CPU threads (default: all available, here {available_cores()})")
     predict.set_defaults(run=run_predict)
@@ -80,7 +86,7 @@ def run_predict(args: argparse.Namespace) -> None:
     predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
                    recursive=args.recursive, resume=args.resume,
-                   memory_mb=args.memory_mb)
+                   memory_mb=args.memory_mb, link_3d=args.link_3d)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
