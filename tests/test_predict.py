@@ -249,20 +249,22 @@ def test_bad_files_are_skipped_and_listed(student, em_folder, tmp_path, caplog):
     folder.mkdir()
     (folder / "good.tiff").write_bytes((em_folder / "cem1.tiff").read_bytes())
     (folder / "truncated.tiff").write_bytes((em_folder / "pan_seg.tiff").read_bytes()[:300])
-    tifffile.imwrite(folder / "stack.tiff", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
+    tifffile.imwrite(folder / "stack.tiff", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")  # a volume
+    tifffile.imwrite(folder / "hyper.tiff", np.zeros((2, 2, 16, 16), np.uint8), photometric="minisblack")
     (folder / "text.png").write_text("not an image")
     (folder / "good.png").write_bytes(b"")  # an empty file, named like good.tiff but for its suffix
     with caplog.at_level(logging.WARNING, logger="emkt"):
         summary = predict_folder(model, checkpoint, folder, tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("file")
-    assert (summary.images, summary.skipped) == (1, 4)
+    assert (summary.images, summary.skipped, summary.sections) == (2, 4, 3)
     assert table.loc["good.tiff", ["output", "status"]].tolist() == ["good.tiff.tiff", "ok"]
     assert table.loc["good.png", "status"].startswith("skipped: unreadable image")
     assert table.loc["truncated.tiff", "status"].startswith("skipped: unreadable TIFF")
-    assert table.loc["stack.tiff", "status"] == "skipped: expected a 2D image, got shape (3, 16, 16)"
+    assert table.loc["stack.tiff", ["output", "status"]].tolist() == ["volumes/stack.ome.zarr", "ok"]
+    assert table.loc["hyper.tiff", "status"] == "skipped: expected a (z, y, x) volume, got shape (2, 2, 16, 16)"
     assert table.loc["text.png", "status"].startswith("skipped: unreadable image")
-    assert table.loc[["truncated.tiff", "stack.tiff"], ["output", "height"]].isna().all().all()
-    for name in ("truncated.tiff", "stack.tiff", "text.png", "good.png"):
+    assert table.loc[["truncated.tiff", "hyper.tiff"], ["output", "height"]].isna().all().all()
+    for name in ("truncated.tiff", "hyper.tiff", "text.png", "good.png"):
         assert any(name in record.getMessage() for record in caplog.records), name
     assert sorted(p.name for p in (tmp_path / "out" / "mask").iterdir()) == ["good.tiff.tiff"]
 
