@@ -71,6 +71,13 @@ def test_study_configs_are_valid_as_the_makefile_layers_them(layers):
         (lambda c: c.update(external_test=[{"name": "val", "dir": "x"}]), "names a set 'val'"),
         (lambda c: c.update(external_test=[{"name": "a", "dir": "x"}, {"name": "a", "dir": "y"}]),
          "'external_test' uses the name(s) ['a'] more than once"),
+        (lambda c: c.update(external_test=[{"name": "v", "image": "v.tif"}]),
+         "'external_test.0' (v) has ['image'] of dir, image, labels; give either dir"),
+        (lambda c: c.update(external_test=[{"name": "v", "dir": "x", "image": "v.tif", "labels": "l.tif"}]),
+         "'external_test.0' (v) has ['dir', 'image', 'labels'] of dir, image, labels"),
+        (lambda c: c.update(external_test=[{"name": "v"}]), "'external_test.0' (v) has none of dir, image, labels"),
+        (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "link_3d": "yes"}]),
+         "'predict.0.link_3d' = 'yes'"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["expansion"]}]),
          "'predict.0.networks' names ['expansion'], which the listed conditions do not train; allowed: ['baseline', "
          "'joint', 'expanded_anchored', 'ensemble_distilled'"),

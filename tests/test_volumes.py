@@ -25,10 +25,14 @@ import emkt.predict_volumes
 from emkt.bands import IN_MEMORY_BYTES
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model, save_model
 from emkt.cli import main
-from emkt.data import DataFileError
+from emkt.data import DataFileError, find_volumes, load_folder_images
+from emkt.evaluate import volume_instance_scores
+from emkt.evaluation_jobs import evaluate_on_external
+from emkt.indexing import build_volume_index
+from emkt.metrics import instance_scores, instance_scores_of_sections
 from emkt.models import build_student
 from emkt.predict import predict_folder
-from emkt.volumes import find_volumes, is_volume, link_sections, open_volume, volume_output_names
+from emkt.volumes import is_volume, link_sections, open_volume, volume_output_names
 
 TINY_STUDENT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2,
                 "deconv_chns": 8, "dropout_rate": 0.0}
@@ -284,3 +288,72 @@ def test_a_folder_of_images_and_volumes_keeps_the_2d_outputs(student, reference,
     again = predict_folder(model, checkpoint, tmp_path / "in", tmp_path / "in" / "out", recursive=True,
                            resume=True, **reference[1])
     assert (again.images, again.resumed) == (0, 2)
+
+
+# --- labelled volumes as external test sets ---------------------------------------------------------------
+
+
+def labelled_volume() -> np.ndarray:
+    """Instance labels of four sections: object 7 through all of them, 3 in sections 1-2,
+    9 in section 0 only, and the ignore label 255 in a corner of section 3."""
+    labels = np.zeros((4, 40, 48), np.uint16)
+    labels[:, 5:15, 5:15] = 7
+    labels[1:3, 25:35, 20:30] = 3
+    labels[0, 25:30, 38:44] = 9
+    labels[3, :4, :4] = 255
+    return labels
+
+
+def test_a_labelled_volume_is_indexed_read_and_scored_per_section_and_per_volume(student, tmp_path):
+    model, checkpoint, _ = student
+    labels = labelled_volume()
+    image = write_volume("tiff", tmp_path / "image", smooth_volume(labels.shape))
+    zarr.create_array(str(tmp_path / "labels.zarr"), data=labels, chunks=(1, 40, 48))
+    index, excluded = build_volume_index(image, tmp_path / "labels.zarr", ignore_label=255)
+    assert excluded.empty and index["section"].tolist() == [0, 1, 2, 3] and (index["source"] == "vol").all()
+    assert index["n_instances"].tolist() == [2, 2, 2, 1] and (index[["height", "width"]] == [40, 48]).all().all()
+    items = load_folder_images(index, ignore_label=255)
+    assert [item["name"] for item in items] == ["vol/0", "vol/1", "vol/2", "vol/3"]
+    assert items[3]["valid"][:4, :4].max() == 0 and items[3]["labels_3d"][:4, :4].max() == 0
+    perfect = [(item["labels_3d"] > 0).astype(np.float32) for item in items]
+    assert volume_instance_scores(items, perfect, 0.5, 0) == {"object_f1_3d": 1.0, "pq_3d": 1.0}
+    # section 1 missing object 3: per volume still matched (IoU 1/2), its PQ lower; 9 gone: a miss
+    worse = [p.copy() for p in perfect]
+    worse[1][25:35, 20:30] = 0
+    worse[0][25:30, 38:44] = 0
+    scores = volume_instance_scores(items, worse, 0.5, 0)
+    assert scores["object_f1_3d"] == pytest.approx(2 * 2 / (2 * 2 + 1)) and scores["pq_3d"] == pytest.approx(1.5 / 2.5)
+    # a binary label volume: its objects are its sections' components linked by overlap
+    binary = [{**item, "instances": ndimage.label(item["labels_3d"] > 0)[0]} for item in items]
+    for item in binary:
+        del item["labels_3d"]
+    assert volume_instance_scores(binary, worse, 0.5, 0) == scores
+    ev = {"overlap": 0.25, "batch_size": 4, "threshold": 0.5, "calibration_bins": 15, "min_object_size": 3}
+    long, per_image = evaluate_on_external(model, checkpoint, "student", "baseline", 0, items, "vol", ev, "cpu")
+    metrics = dict(zip(long["metric"], long["value"]))
+    assert {"iou", "object_f1", "object_f1_3d", "pq_3d"} <= set(metrics) and (long["dataset"] == "vol").all()
+    assert per_image["name"].tolist() == ["vol/0", "vol/1", "vol/2", "vol/3"]
+
+
+def test_a_labelled_volume_of_another_shape_or_bad_sections_is_named(tmp_path):
+    image = write_volume("mrc", tmp_path, smooth_volume((4, 40, 48)))
+    tifffile.imwrite(tmp_path / "labels.tif", labelled_volume()[:3], photometric="minisblack")
+    with pytest.raises(DataFileError, match=r"vol.mrc has shape \(4, 40, 48\) but its labels .*labels.tif have "
+                                            r"shape \(3, 40, 48\); they must match"):
+        build_volume_index(image, tmp_path / "labels.tif")
+    floats = labelled_volume().astype(np.float32)
+    floats[2, 0, 0] = 0.5
+    tifffile.imwrite(tmp_path / "float_labels.tif", floats, photometric="minisblack")
+    index, excluded = build_volume_index(image, tmp_path / "float_labels.tif")
+    assert index["section"].tolist() == [0, 1, 3]
+    assert excluded[["path", "reason"]].values.tolist() == [[f"{image} section 2", "not_labels"]]
+
+
+def test_scores_of_sections_are_instance_scores_for_one_section():
+    rng = np.random.default_rng(3)
+    gt = ndimage.label(ndimage.gaussian_filter(rng.normal(size=(60, 60)), 2) > 0.1)[0]
+    pred = ndimage.label(ndimage.gaussian_filter(rng.normal(size=(60, 60)), 2) > 0.05)[0]
+    pred[gt > 0] = np.where(rng.random((60, 60)) > 0.2, gt + 100, pred)[gt > 0]
+    valid = (rng.random((60, 60)) > 0.1).astype(np.uint8)
+    expected = instance_scores(pred, gt, valid)
+    assert expected["tp"] > 2 and instance_scores_of_sections([pred], [gt], [valid]) == pytest.approx(expected)

@@ -199,6 +199,11 @@ def _output_set_problems(config: dict) -> list[str]:
         if any(entry["name"] == split for entry in config["external_test"]):
             problems.append(f"config key 'external_test' names a set '{split}', the name of the {split} split; "
                             "choose another")
+    for k, entry in enumerate(config["external_test"]):
+        given = [key for key in ("dir", "image", "labels") if key in entry]
+        if given not in (["dir"], ["image", "labels"]):
+            problems.append(f"config key 'external_test.{k}' ({entry['name']}) has {given or 'none'} of dir, image, "
+                            "labels; give either dir (a CEM-MitoLab-layout folder) or image and labels (a labelled volume)")
     trained = student_rows(config) + reference_networks(config)
     for k, entry in enumerate(config["predict"]):
         unknown = [name for name in entry["networks"] if name not in trained]

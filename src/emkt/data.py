@@ -23,6 +23,9 @@ from scipy import ndimage
 TIFF_SUFFIXES = (".tif", ".tiff")
 # What prediction of new images reads: TIFF, and PNG/JPEG (converted to grey as TIFFs are).
 PREDICTION_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
+# Volumes (emkt.volumes) besides TIFF stacks: MRC files and Zarr / OME-Zarr folders.
+MRC_SUFFIXES = (".mrc", ".map", ".rec")
+ZARR_SUFFIX = ".zarr"  # also ends .ome.zarr
 SPLITS = ("train", "val", "test")
 SPLIT_GROUPINGS = ("none", "source", "block")
 
@@ -150,6 +153,33 @@ def find_images(folder: str | Path, recursive: bool = False, suffixes: tuple[str
     return sorted(p for p in candidates
                   if p.suffix.lower() in suffixes and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def is_zarr_path(path: Path) -> bool:
+    return path.name.lower().endswith(ZARR_SUFFIX)
+
+
+def find_volumes(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Zarr / OME-Zarr folders (not searched inside) and MRC files in ``folder`` (or its tree),
+    sorted; hidden names are skipped. TIFF stacks are found with the other TIFFs and told
+    apart by ``is_volume``."""
+    folder, found = Path(folder), []
+
+    def walk(current: Path) -> None:
+        for entry in sorted(current.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if is_zarr_path(entry):
+                    found.append(entry)
+                elif recursive:
+                    walk(entry)
+            elif entry.suffix.lower() in MRC_SUFFIXES and entry.is_file():
+                found.append(entry)
+
+    if folder.is_dir():
+        walk(folder)
+    return sorted(found)
 
 
 def masks_from_labels(labels: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +411,15 @@ def load_whole_images(table: pd.DataFrame, store, ignore_label: int | None = Non
 def load_folder_images(index: pd.DataFrame, ignore_label: int | None = None) -> list[dict]:
     """Whole images (``whole_image_item``) read from the files an index lists (``path``,
     ``mask``, ``source``: emkt.indexing.build_index), converted as the store converts them;
-    how external labelled sets are read, without packing them."""
+    how external labelled sets are read, without packing them.
+
+    Rows with a ``section`` (emkt.indexing.build_volume_index) are sections of the image and
+    label volumes at ``path`` and ``mask``: their items, named <source>/<section>, also hold
+    ``volume`` (the source), ``section`` and, for instance-labelled volumes, ``labels_3d``
+    (the labels of the labelled pixels, whose ids are objects across sections), for the
+    object metrics of the volume (emkt.evaluate.volume_instance_scores)."""
+    if "section" in index.columns and index["section"].notna().any():
+        return _load_volume_sections(index, ignore_label)
     items = []
     for row in index.itertuples():
         image, _ = to_grey_uint8(read_tiff(row.path), row.path)
@@ -389,4 +427,27 @@ def load_folder_images(index: pd.DataFrame, ignore_label: int | None = None) -> 
         if labels.shape != image.shape:
             raise DataFileError(f"{row.mask}: mask shape {labels.shape} differs from its image's {image.shape}")
         items.append(whole_image_item(f"{row.source}/{Path(row.path).name}", row.source, image, labels, ignore_label))
+    return items
+
+
+def _load_volume_sections(index: pd.DataFrame, ignore_label: int | None) -> list[dict]:
+    """``load_folder_images`` of sections of labelled volumes, each volume opened once."""
+    from .volumes import open_volume  # zarr and ome-zarr: only volumes need them
+
+    items = []
+    for (path, mask), rows in index.groupby(["path", "mask"], sort=False):
+        with open_volume(path) as image, open_volume(mask) as labels:
+            volume_items = []
+            for row in rows.itertuples():
+                z = int(row.section)
+                section_labels = labels.labels(z)
+                item = whole_image_item(f"{row.source}/{z}", row.source, image.section(z), section_labels,
+                                        ignore_label)
+                item.update(volume=row.source, section=z, labels_3d=np.where(item["valid"] > 0, section_labels, 0))
+                volume_items.append(item)
+        ids = np.unique(np.concatenate([np.unique(item["labels_3d"]) for item in volume_items]))
+        for item in volume_items:
+            if ids[ids > 0].size <= 1:  # a binary label volume: its objects come from linking sections
+                del item["labels_3d"]
+        items += volume_items
     return items

@@ -13,7 +13,8 @@ from torch import nn
 
 from .inference import predict_probability
 from .losses import per_image_loss_of_prob
-from .metrics import InstanceMeter, PixelAurocMeter, ScoreHistogram, SegmentationMeter, teacher_agreement
+from .metrics import (InstanceMeter, PixelAurocMeter, ScoreHistogram, SegmentationMeter, instance_scores_of_sections,
+                      instance_summary, instances_from_probability, teacher_agreement)
 from .store import edge_flush_starts
 
 
@@ -80,6 +81,40 @@ def score_instances(items: list[dict], probs: list[np.ndarray], threshold: float
     for item, prob in zip(items, probs):
         meter.update(prob, item["instances"], item.get("valid"), name=item["name"])
     return meter
+
+
+def volume_instance_scores(items: list[dict], probs: list[np.ndarray], threshold: float, min_object_size: int
+                           ) -> dict[str, float]:
+    """Object metrics of objects across sections, pooled over the volumes among ``items``
+    (sections of labelled volumes: emkt.data.load_folder_images): ``object_f1_3d`` and
+    ``pq_3d``. Predicted objects are each section's instances (as ``score_instances`` makes
+    them) linked across adjacent sections by overlap (emkt.volumes.link_sections, as
+    ``python -m emkt predict --link-3d`` does); true objects are the label volume's ids, or,
+    for a binary label volume, its sections' components linked the same way. Empty when
+    ``items`` hold no volume sections."""
+    from .volumes import link_sections
+
+    def linked(sections: list[np.ndarray]) -> list[np.ndarray]:
+        height = sections[0].shape[0]
+        _, labels = link_sections(lambda z, start, stop: sections[z][start:stop],
+                                  [int(s.max(initial=0)) for s in sections], height, height)
+        return [labels(z, 0, height) for z in range(len(sections))]
+
+    volumes: dict[str, list[tuple[dict, np.ndarray]]] = {}
+    for item, prob in zip(items, probs):
+        if "volume" in item:
+            volumes.setdefault(item["volume"], []).append((item, prob))
+    if not volumes:
+        return {}
+    counts = np.zeros(4)
+    for sections in volumes.values():
+        sections.sort(key=lambda pair: pair[0]["section"])
+        pred = linked([instances_from_probability(prob, threshold, min_object_size) for _, prob in sections])
+        gt = ([item["labels_3d"] for item, _ in sections] if "labels_3d" in sections[0][0]
+              else linked([item["instances"] for item, _ in sections]))
+        scores = instance_scores_of_sections(pred, gt, [item.get("valid") for item, _ in sections])
+        counts += [scores["tp"], scores["fp"], scores["fn"], scores["iou_sum"]]
+    return {f"{key}_3d": value for key, value in instance_summary(*counts).items()}
 
 
 def score_segmenter(model: nn.Module, items: list[dict], input_size: int, overlap: float,

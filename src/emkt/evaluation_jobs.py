@@ -21,7 +21,7 @@ from torch import nn
 
 from .calibration import calibrate, stored_calibration
 from .evaluate import (calibrated_scores, evaluate_segmenter, fine_tuning_scores, pixel_error_auroc,
-                       summarise_teacher, teacher_predictions)
+                       summarise_teacher, teacher_predictions, volume_instance_scores)
 from .inference import predict_probability
 from .metrics import PixelAurocMeter, agreement_with_reference
 from .models import is_dense_teacher
@@ -79,13 +79,15 @@ def network_probabilities(model: nn.Module, checkpoint: dict, items: list[dict],
 def evaluate_on_external(model: nn.Module, checkpoint: dict, role: str, condition: str, seed: int,
                          items: list[dict], dataset: str, evaluate_cfg: dict, device: torch.device
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A network on an external labelled set: the test split's pixel and object metrics, and
-    its scores under its stored validation calibration (none for a checkpoint without one).
-    Returns the long rows and the per-image table."""
+    """A network on an external labelled set: the test split's pixel and object metrics, for a
+    labelled volume also those of objects across sections (emkt.evaluate.volume_instance_scores),
+    and its scores under its stored validation calibration (none for a checkpoint without one).
+    Returns the long rows and the per-image (per-section) table."""
     ev = evaluate_cfg
     scores, per_image, probs = evaluate_segmenter(model.to(device), items, checkpoint["input_size"], ev["overlap"],
                                                   ev["batch_size"], device, ev["threshold"], ev["calibration_bins"],
                                                   ev["min_object_size"])
+    scores.update(volume_instance_scores(items, probs, ev["threshold"], ev["min_object_size"]))
     calibration = stored_calibration(checkpoint)
     if calibration is not None:  # chosen on the validation split when the network was saved
         scores.update(calibrated_scores(items, probs, calibration, ev["calibration_bins"]))

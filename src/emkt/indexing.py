@@ -13,6 +13,10 @@
 
 ``check_exclusions`` then fails the run, naming the first bad files, when a set lost more
 than the allowed fraction of its files.
+
+``build_volume_index`` indexes a labelled volume (an external set given as image and labels
+volumes, emkt.volumes) the same way, one row per section, with a ``section`` column; the
+external sets' reader (emkt.data.load_folder_images) reads such rows from the volumes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .data import (TIFF_SUFFIXES, ConversionError, DataFileError, count_instances, find_labelled_root,
                    ground_truth_instances, masks_from_labels, printable, read_tiff, to_grey_uint8, to_labels)
@@ -191,6 +196,43 @@ def build_index(labelled_root: str | Path | None, pool_root: str | Path | None, 
         for outcome, fields in ordered_map(inspect_pool, pool, processes, len(pool), "index pool"):
             (rows if outcome == "ok" else excluded).append(("unlabelled", *fields))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS[1:])
+    index.insert(0, "id", np.arange(len(index)))
+    return index, pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
+
+
+def build_volume_index(image_path: str | Path, labels_path: str | Path, ignore_label: int | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(index, excluded) of a labelled volume: one row per section, as ``build_index`` gives one
+    per image (source: the image volume's name; path and mask: the two volumes; section: z),
+    read a section at a time. Sections that cannot be used (non-finite pixels, labels that are
+    not whole numbers) are excluded with their reason; volumes of different shapes or a file
+    that is not a volume raise DataFileError naming both files."""
+    from .volumes import open_volume, volume_stem  # zarr and ome-zarr: only volumes need them
+
+    image_path, labels_path = Path(image_path), Path(labels_path)
+    source = volume_stem(image_path)
+    rows, excluded = [], []
+    with open_volume(image_path) as image, open_volume(labels_path) as labels:
+        if image.shape != labels.shape:
+            raise DataFileError(f"{image_path} has shape {image.shape} but its labels {labels_path} have shape "
+                                f"{labels.shape}; they must match")
+        for z in tqdm(range(image.shape[0]), desc=f"index {source}", unit="section", mininterval=10):
+            where = f"{printable(image_path)} section {z}"
+            try:
+                raw = image.rows(z)
+                section, conversion = to_grey_uint8(raw, where)
+                label = labels.labels(z)
+                if label.max(initial=0) > MAX_LABELS and np.unique(label[label > 0]).size > MAX_LABELS:
+                    raise ConversionError(f"{labels_path} section {z}: more than {MAX_LABELS} distinct labels",
+                                          "too_many_labels")
+            except ConversionError as error:
+                excluded.append(("labelled", where, error.reason, str(error)))
+                continue
+            foreground, n_instances = _label_statistics(label, ignore_label)
+            rows.append(("labelled", str(image_path), str(labels_path), source, section.shape[0], section.shape[1],
+                         str(raw.dtype), conversion, foreground, n_instances, "converted" if conversion else "ok",
+                         *_signatures(section), z))
+    index = pd.DataFrame(rows, columns=[*INDEX_COLUMNS[1:], "section"])
     index.insert(0, "id", np.arange(len(index)))
     return index, pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
 

@@ -383,6 +383,46 @@ def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None =
     return {"tp": tp, "fp": fp, "fn": fn, "iou_sum": iou_sum, **instance_summary(tp, fp, fn, iou_sum)}
 
 
+def instance_scores_of_sections(pred_sections: list[np.ndarray], gt_sections: list[np.ndarray],
+                                valid_sections: list[np.ndarray | None] | None = None,
+                                iou_threshold: float = MATCH_IOU) -> dict[str, float]:
+    """``instance_scores`` of objects that span sections: the labels of each section (ids are
+    objects of the whole volume) are counted section by section into a table of overlapping
+    label pairs, so that only that table, never the volume, is held. Pairs with IoU of at
+    least ``iou_threshold`` are matched one-to-one (Hungarian method among them; above 0.5
+    such pairs are unique, as in ``instance_scores``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    valid_sections = valid_sections or [None] * len(pred_sections)
+    counted = []
+    for pred, gt, valid in zip(pred_sections, gt_sections, valid_sections):
+        pred, gt = np.asarray(pred, dtype=np.int64).ravel(), np.asarray(gt, dtype=np.int64).ravel()
+        if valid is not None:
+            keep = np.asarray(valid).ravel() > 0
+            pred, gt = np.where(keep, pred, 0), np.where(keep, gt, 0)
+        key, count = np.unique(pred * (int(gt.max(initial=0)) + 1) + gt, return_counts=True)
+        pred_of_key, gt_of_key = np.divmod(key, int(gt.max(initial=0)) + 1)
+        counted.append(pd.DataFrame({"pred": pred_of_key, "gt": gt_of_key, "n": count}))
+    table = pd.concat(counted).groupby(["pred", "gt"], as_index=False)["n"].sum()
+    pred_area, gt_area = table.groupby("pred")["n"].sum(), table.groupby("gt")["n"].sum()
+    pred_objects, gt_objects = int((pred_area.index > 0).sum()), int((gt_area.index > 0).sum())
+    pairs = table[(table["pred"] > 0) & (table["gt"] > 0)]
+    iou = pairs["n"].to_numpy() / (pred_area[pairs["pred"]].to_numpy() + gt_area[pairs["gt"]].to_numpy()
+                                   - pairs["n"].to_numpy())
+    candidates = pairs.assign(iou=iou)[iou >= iou_threshold]
+    tp, iou_sum = 0, 0.0
+    if len(candidates):
+        preds, pred_index = np.unique(candidates["pred"], return_inverse=True)
+        gts, gt_index = np.unique(candidates["gt"], return_inverse=True)
+        matrix = np.zeros((len(preds), len(gts)))
+        matrix[pred_index, gt_index] = candidates["iou"]
+        rows, cols = linear_sum_assignment(matrix, maximize=True)
+        matched = matrix[rows, cols] >= iou_threshold
+        tp, iou_sum = int(matched.sum()), float(matrix[rows, cols][matched].sum())
+    fp, fn = pred_objects - tp, gt_objects - tp
+    return {"tp": tp, "fp": fp, "fn": fn, "iou_sum": iou_sum, **instance_summary(tp, fp, fn, iou_sum)}
+
+
 def instance_summary(tp: float, fp: float, fn: float, iou_sum: float) -> dict[str, float]:
     """Object F1 and panoptic quality from (pooled) counts; 1.0 when there are no objects at all."""
     if tp + fp + fn == 0:

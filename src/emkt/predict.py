@@ -28,13 +28,13 @@ from tqdm import tqdm
 from .bands import (BAND_BYTES, IN_MEMORY_BYTES, LABEL_BYTES, LazyImage, RowFile, grey_statistics, image_size, open_lazily,
                     plan_bands, rows_within, scratch_folder, write_mask_and_instances)
 from .checkpoints import check_normalisation
-from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_images, grey_histogram, histogram_moments,
-                   printable, read_tiff, to_grey_uint8, zscore)
+from .data import (MRC_SUFFIXES, PREDICTION_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, DataFileError, find_images, find_volumes,
+                   grey_histogram, histogram_moments, is_zarr_path, printable, read_tiff, to_grey_uint8, zscore)
 from .files import atomic_path
 from .inference import predict_tiles
 from .metrics import instances_from_probability
 from .store import quantise_probability
-from .volumes import MRC_SUFFIXES, ZARR_SUFFIX, find_volumes, is_volume, is_zarr_path, volume_output_names
+from .volumes import is_volume, volume_output_names
 
 log = logging.getLogger("emkt")
 

@@ -32,10 +32,8 @@ import zarr
 from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
 from .bands import RowFile, number_components
-from .data import TIFF_SUFFIXES, DataFileError, grey_uint8, to_labels
+from .data import MRC_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, DataFileError, grey_uint8, is_zarr_path, to_labels
 
-MRC_SUFFIXES = (".mrc", ".map", ".rec")
-ZARR_SUFFIX = ".zarr"  # also ends .ome.zarr
 OUTPUT_SUFFIX = ".ome.zarr"
 # Output chunks: one section, in tiles of this side (4 MB of float32).
 CHUNK = 1024
@@ -91,33 +89,6 @@ class SectionRows:
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         return self.volume.rows(self.z, rows.start, rows.stop)
-
-
-def is_zarr_path(path: Path) -> bool:
-    return path.name.lower().endswith(ZARR_SUFFIX)
-
-
-def find_volumes(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Zarr / OME-Zarr folders (not searched inside) and MRC files in ``folder`` (or its tree),
-    sorted; hidden names are skipped. TIFF stacks are found with the other TIFFs and told
-    apart by ``is_volume``."""
-    folder, found = Path(folder), []
-
-    def walk(current: Path) -> None:
-        for entry in sorted(current.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                if is_zarr_path(entry):
-                    found.append(entry)
-                elif recursive:
-                    walk(entry)
-            elif entry.suffix.lower() in MRC_SUFFIXES and entry.is_file():
-                found.append(entry)
-
-    if folder.is_dir():
-        walk(folder)
-    return sorted(found)
 
 
 def is_volume(path: str | Path) -> bool:
@@ -279,16 +250,18 @@ class _MrcRows:
         return self.rows[z * self.height + start:z * self.height + stop]
 
 
+def volume_stem(path: str | Path) -> str:
+    """A volume's file name without its suffix (.tif, .mrc, .zarr, or both of .ome.zarr)."""
+    path = Path(path)
+    cut = len(OUTPUT_SUFFIX) if path.name.lower().endswith(OUTPUT_SUFFIX) else len(path.suffix)
+    return path.name[:len(path.name) - cut]
+
+
 def volume_output_names(relative_paths: Sequence[Path]) -> list[Path]:
     """The output of each input volume under volumes/: its relative path with its suffix
     (.tif, .mrc, .zarr, .ome.zarr) replaced by .ome.zarr, or, where that would clash, with
     .ome.zarr appended to the whole name."""
-    def stem(path: Path) -> Path:
-        name = path.name
-        cut = len(".ome.zarr") if name.lower().endswith(".ome.zarr") else len(path.suffix)
-        return path.with_name(name[:len(name) - cut] + OUTPUT_SUFFIX)
-
-    names = [stem(path) for path in relative_paths]
+    names = [path.with_name(volume_stem(path) + OUTPUT_SUFFIX) for path in relative_paths]
     clashing = {name for name in names if names.count(name) > 1}
     return [Path("volumes") / (path.with_name(path.name + OUTPUT_SUFFIX) if name in clashing else name)
             for path, name in zip(relative_paths, names)]

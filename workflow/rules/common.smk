@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from emkt.config import (ConfigError, expansion_rows, reference_networks, student_rows, teacher_kinds, teacher_stage,
                          validate_config, variant_teacher_kinds)
 from emkt.cluster import job_resources as distributed_job_resources
-from emkt.data import TIFF_SUFFIXES, find_images
+from emkt.data import TIFF_SUFFIXES, find_images, find_volumes
 
 try:
     validate_config(config)
@@ -209,8 +209,17 @@ def training_params(*sections):
 
 
 def external_files(wildcards):
-    """The external set's TIFFs, as inputs: adding or changing one re-indexes the set."""
+    """The external set's TIFFs (or its two volumes), as inputs: adding or changing one re-indexes the set."""
+    volume = external_volume(wildcards.external)
+    if volume is not None:
+        return list(volume)
     return [str(p) for p in find_images(EXTERNAL[wildcards.external]["dir"], recursive=True, suffixes=TIFF_SUFFIXES)]
+
+
+def external_volume(name):
+    """(image, labels) of an external set given as a labelled volume, else None."""
+    entry = EXTERNAL[name]
+    return (entry["image"], entry["labels"]) if "image" in entry else None
 
 
 def external_evaluations():
@@ -240,5 +249,6 @@ def prediction_model(wildcards):
 
 
 def prediction_images(wildcards):
-    """The folder's images, as inputs: adding or changing one predicts the folder again."""
-    return [str(p) for p in find_images(PREDICT[wildcards.prediction]["dir"], recursive=True)]
+    """The folder's images and volumes, as inputs: adding or changing one predicts the folder again."""
+    folder = PREDICT[wildcards.prediction]["dir"]
+    return [str(p) for p in find_images(folder, recursive=True) + find_volumes(folder, recursive=True)]

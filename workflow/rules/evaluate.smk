@@ -59,8 +59,9 @@ rule evaluate_teachers:
         "../scripts/evaluate_teachers.py"
 
 
-# External labelled sets (config 'external_test'): indexed like the labelled data, then every
-# student and reference network of every seed is scored on them with the test split's metrics.
+# External labelled sets (config 'external_test'): indexed like the labelled data (a labelled
+# volume section by section), then every student and reference network of every seed is scored
+# on them with the test split's metrics.
 
 
 rule index_external:
@@ -70,8 +71,10 @@ rule index_external:
         index="results/external/{external}/index.csv",
         excluded="results/external/{external}/excluded.csv",
     params:
-        labelled_dir=lambda wildcards: EXTERNAL[wildcards.external]["dir"],
+        labelled_dir=lambda wildcards: EXTERNAL[wildcards.external].get("dir"),
         unlabelled_dir=None,
+        # a labelled volume (image and labels) instead of a folder: indexed section by section
+        volume=lambda wildcards: external_volume(wildcards.external),
         max_excluded_fraction=config["data"]["max_excluded_fraction"],
         ignore_label=config["data"]["ignore_label"],
         report="results/logs/index_external/{external}.excluded.csv",

@@ -1,5 +1,6 @@
 # Segmenting new images (config 'predict') with trained networks, as `python -m emkt predict`
-# does: probability, mask and instance TIFFs per image, and predictions.csv.
+# does: probability, mask and instance TIFFs per image, an OME-Zarr image per volume, and
+# predictions.csv.
 
 
 rule predict_images:
@@ -12,6 +13,7 @@ rule predict_images:
         folder=lambda wildcards: PREDICT[wildcards.prediction]["dir"],
         probability=lambda wildcards: PREDICT[wildcards.prediction].get("probability", "float32"),
         memory_mb=lambda wildcards: PREDICT[wildcards.prediction].get("memory_mb", 4096),
+        link_3d=lambda wildcards: PREDICT[wildcards.prediction].get("link_3d", False),
         evaluate=config["evaluate"],
     log:
         "results/logs/predict_images/{prediction}/{condition}_{seed}.log",

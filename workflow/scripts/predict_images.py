@@ -1,4 +1,4 @@
-"""Segment a folder of new images with one trained network (config 'predict'): what
+"""Segment a folder of new images and volumes with one trained network (config 'predict'): what
 `python -m emkt predict` does, as a step of the workflow."""
 
 from jobsetup import start_torch_job
@@ -13,4 +13,4 @@ ev = config["evaluate"]
 predict_folder(model, checkpoint, snakemake.params.folder, snakemake.output[0], threshold=ev["threshold"],
                min_size=ev["min_object_size"], overlap=ev["overlap"], batch_size=ev["batch_size"], device=device,
                probability=snakemake.params.probability, recursive=True,
-               memory_mb=snakemake.params.memory_mb)
+               memory_mb=snakemake.params.memory_mb, link_3d=snakemake.params.link_3d)
