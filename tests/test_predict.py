@@ -438,7 +438,7 @@ def test_cli_reports_a_wrong_checkpoint_in_one_line(student, em_folder, tmp_path
 def test_cli_reports_a_missing_folder_and_a_bad_device(student, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(student[2]), "--input", str(tmp_path / "nowhere"),
                  "--output", str(tmp_path / "out"), "--device", "cpu", "--threads", "1"]) == 2
-    assert capsys.readouterr().err == f"emkt predict: error: {tmp_path / 'nowhere'}: input folder not found\n"
+    assert capsys.readouterr().err == f"emkt predict: error: {tmp_path / 'nowhere'}: input folder (or file) not found\n"
     assert main(["predict", "--checkpoint", str(student[2]), "--input", str(tmp_path), "--output",
                  str(tmp_path / "out"), "--device", "tpu", "--threads", "1"]) == 2
     assert capsys.readouterr().err.startswith("emkt predict: error: --device tpu: ")

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import torch
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
@@ -23,38 +22,22 @@ from scipy import ndimage
 import emkt.predict
 import emkt.predict_volumes
 from emkt.bands import IN_MEMORY_BYTES
-from emkt.checkpoints import SEGMENTATION_KINDS, load_model, save_model
 from emkt.cli import main
 from emkt.data import DataFileError, find_volumes, load_folder_images
 from emkt.evaluate import volume_instance_scores
 from emkt.evaluation_jobs import evaluate_on_external
 from emkt.indexing import build_volume_index
 from emkt.metrics import instance_scores, instance_scores_of_sections
-from emkt.models import build_student
 from emkt.predict import predict_folder
 from emkt.volumes import is_volume, link_sections, open_volume, volume_output_names
+from test_bands import student  # noqa: F401  (the tiny untrained student, one torch thread)
 
-TINY_STUDENT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2,
-                "deconv_chns": 8, "dropout_rate": 0.0}
-INPUT_SIZE = 32
 SHAPE = (3, 48, 64)
 # 2D-connected in each section, and joined to the pixel right above or below in z: what
 # linking the 2D objects of adjacent sections by overlap gives (without a minimum size).
 LINKED = np.zeros((3, 3, 3), dtype=int)
 LINKED[1] = 1
 LINKED[0, 1, 1] = LINKED[2, 1, 1] = 1
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on a busy machine: one thread is fastest
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "student.pth"
-    save_model(path, build_student(TINY_STUDENT, INPUT_SIZE), "student", TINY_STUDENT, INPUT_SIZE)
-    model, checkpoint = load_model(path, SEGMENTATION_KINDS)
-    yield model, checkpoint, path
-    torch.set_num_threads(threads)
 
 
 def smooth_volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
@@ -357,3 +340,14 @@ def test_scores_of_sections_are_instance_scores_for_one_section():
     valid = (rng.random((60, 60)) > 0.1).astype(np.uint8)
     expected = instance_scores(pred, gt, valid)
     assert expected["tp"] > 2 and instance_scores_of_sections([pred], [gt], [valid]) == pytest.approx(expected)
+
+
+def test_the_command_line_takes_one_volume_as_its_input(student, tmp_path):
+    source = write_volume("mrc", tmp_path / "in", smooth_volume())
+    (tmp_path / "in" / "other.tif").write_bytes(b"")  # beside it, not an input
+    assert main(["predict", "--checkpoint", str(student[2]), "--input", str(source), "--output", str(tmp_path / "out"),
+                 "--link-3d", "--threads", "1"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert table[["file", "output", "sections", "status"]].values.tolist() == [["vol.mrc", "volumes/vol.ome.zarr", 3, "ok"]]
+    assert table["objects_3d"][0] == zarr.open_group(str(tmp_path / "out" / "volumes" / "vol.ome.zarr"))[
+        "labels/instances_3d/0"][:].max()

@@ -38,7 +38,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
                     "OUTPUT/volumes/<name>.ome.zarr, with a per-section table <name>.sections.csv.")
     predict.add_argument("--checkpoint", required=True, type=Path,
                          help="model checkpoint, e.g. results/models/student_expanded_anchored_0.pth")
-    predict.add_argument("--input", required=True, type=Path, help="folder of images and volumes to segment")
+    predict.add_argument("--input", required=True, type=Path, help="folder of images and volumes to segment, or one image or volume")
     predict.add_argument("--output", required=True, type=Path, help="folder the results are written to")
     predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=16,
@@ -80,8 +80,8 @@ def run_predict(args: argparse.Namespace) -> None:
         device = select_device(args.device)
     except RuntimeError as error:  # an unknown device string or CUDA asked for without a GPU
         raise ValueError(f"--device {args.device}: {error}") from None
-    if not args.input.is_dir():  # before the (slow) model load
-        raise ValueError(f"{args.input}: input folder not found")
+    if not args.input.exists():  # before the (slow) model load
+        raise ValueError(f"{args.input}: input folder (or file) not found")
     model, checkpoint = load_model(args.checkpoint, expected_kind=SEGMENTATION_KINDS)
     predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,

@@ -174,7 +174,8 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     bands of rows (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
     Every image is z-scored with exact float64 statistics (``exact_zscore``).
 
-    Volumes (TIFF stacks, Zarr / OME-Zarr, MRC: emkt.volumes) are segmented section by section
+    ``input_dir`` may also name one image or volume. Volumes (TIFF stacks, Zarr / OME-Zarr, MRC:
+    emkt.volumes) are segmented section by section
     into ``output_dir``/volumes/<name>.ome.zarr, with a per-section table <name>.sections.csv
     beside it (emkt.predict_volumes.predict_volume; ``link_3d`` adds objects linked across
     sections); they get one row each, and the table the columns sections and objects_3d.
@@ -186,13 +187,13 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
         raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
     check_normalisation(checkpoint)  # inputs are z-scored per image, as in training
     input_dir, output_dir, device = Path(input_dir), Path(output_dir), torch.device(device)
-    jobs, rows = _plan_jobs(input_dir, output_dir, recursive)
+    jobs, rows, root = _plan_jobs(input_dir, output_dir, recursive)
     model = model.to(device).eval()
     pixels: list[int] = []  # of each image predicted now (the images themselves are not kept)
     start = time.perf_counter()
     with tqdm(total=len(jobs) + len(rows), desc="predict", unit="image") as progress, torch.inference_mode():
         def record(job: _Job, row: dict) -> None:
-            rows[job.source] = {"file": printable(job.source.relative_to(input_dir).as_posix()),
+            rows[job.source] = {"file": printable(job.source.relative_to(root).as_posix()),
                                 "output": printable(job.name.as_posix()), **row}
             progress.update()
 
@@ -265,10 +266,14 @@ def _check_settings(threshold: float, min_size: int, overlap: float, batch_size:
         raise ValueError("; ".join(problems))
 
 
-def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list[_Job], dict[Path, dict]]:
-    """A job per input image, named by ``output_names``; rows of skipped files for the rare
-    names that still clash. The output folders are not inputs, so a recursive run with its
-    output inside its input does not segment its own results."""
+def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list[_Job], dict[Path, dict], Path]:
+    """A job per input image and volume, named by ``output_names`` (``volume_output_names``);
+    rows of skipped files for the rare names that still clash; and the folder the names are
+    relative to: ``input_dir``, or its parent when it names one image or volume itself. The
+    output folders are not inputs, so a recursive run with its output inside its input does
+    not segment its own results."""
+    if input_dir.is_file() or is_zarr_path(input_dir) and input_dir.is_dir():  # one image or volume
+        return *_plan_jobs_of(input_dir.parent, [input_dir]), input_dir.parent
     if not input_dir.is_dir():
         raise DataFileError(f"{input_dir}: input folder not found")
     outputs = [(output_dir / folder).resolve() for folder in (*OUTPUT_FOLDERS, VOLUME_FOLDER)]
@@ -279,6 +284,12 @@ def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list
         where = "in its tree" if recursive else "in it (sub-folders not searched)"
         raise DataFileError(f"{input_dir}: no image files ({', '.join(PREDICTION_SUFFIXES)}) or volumes "
                             f"({', '.join((ZARR_SUFFIX, *MRC_SUFFIXES))}) {where}")
+    return *_plan_jobs_of(input_dir, found), input_dir
+
+
+def _plan_jobs_of(input_dir: Path, found: list[Path]) -> tuple[list[_Job], dict[Path, dict]]:
+    """Jobs of the images and volumes ``found`` under ``input_dir``, named by ``output_names``
+    and ``volume_output_names``, and rows of skipped files for names that clash."""
     volume = {p: is_volume(p) for p in found}
     files = sorted(found, key=lambda p: (volume[p], p))
     images, volumes = [p for p in files if not volume[p]], [p for p in files if volume[p]]

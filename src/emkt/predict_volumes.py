@@ -55,6 +55,8 @@ def predict_volume(model: nn.Module, checkpoint: dict, source: str | Path, outpu
     input_size = checkpoint["input_size"]
     with open_volume(source) as volume:
         depth, height, width = volume.shape
+        if not depth * height * width:
+            raise DataFileError(f"{source}: an empty volume, shape {volume.shape}")
         settings = {"source": printable(source), "shape": [depth, height, width], "probability": probability,
                     "threshold": threshold, "min_size": min_size, "overlap": overlap, "input_size": input_size}
         out, finished = _open_output(output, settings, resume, link_3d)
