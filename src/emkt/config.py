@@ -186,8 +186,8 @@ def reference_networks(config: dict) -> list[str]:
 
 
 def _output_set_problems(config: dict) -> list[str]:
-    """External sets and prediction folders need distinct names, and prediction only names
-    networks and seeds that the config trains."""
+    """External sets and prediction folders need distinct names, and prediction and export only
+    name networks and seeds that the config trains."""
     problems = []
     for key in ("external_test", "predict"):
         names = [entry["name"] for entry in config[key]]
@@ -208,6 +208,14 @@ def _output_set_problems(config: dict) -> list[str]:
         untrained = [seed for seed in entry.get("seeds") or [] if seed not in config["seeds"]]
         if untrained:
             problems.append(f"config key 'predict.{k}.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
+    export = config["export"]
+    unknown = [name for name in export["networks"] if name not in trained]
+    if unknown:
+        problems.append(f"config key 'export.networks' names {unknown}, which the listed conditions do not train; "
+                        f"allowed: {trained}")
+    untrained = [seed for seed in export.get("seeds") or [] if seed not in config["seeds"]]
+    if untrained:
+        problems.append(f"config key 'export.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
     return problems
 
 

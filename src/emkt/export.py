@@ -96,6 +96,7 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
     info = info or PackageInfo()
     _check_output(output)
     network, payload = load_model(checkpoint, SEGMENTATION_KINDS)  # a teacher is refused here, naming the file
+    check_info(info)
     wrapper = ProbabilityNetwork(payload["kind"], payload["arch"], payload["input_size"])
     wrapper.network.load_state_dict(network.state_dict())
     wrapper.eval()
@@ -104,30 +105,22 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
     test_input = image.astype(np.float32)[None, None]
     with torch.no_grad():
         test_output = wrapper(torch.from_numpy(zscore(test_input))).numpy()
-    tables_md = [_table_markdown(Path(table), checkpoint) for table in tables]
+    tables_md = tables_markdown([Path(table) for table in tables])
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         files = staging / "files"
-        files.mkdir()
-        scripted, how = to_torchscript(wrapper, test_input, test_output)
-        scripted.save(str(files / FILES["torchscript"]))
-        torch.save(wrapper.state_dict(), files / FILES["state_dict"])
-        shutil.copyfile(models.__file__, files / ARCHITECTURE_FILE)
-        (files / FILES["environment"]).write_text(_environment())
-        np.save(files / FILES["test_input"], test_input)
-        np.save(files / FILES["test_output"], test_output)
-        tifffile.imwrite(files / FILES["sample_input"], image)
-        tifffile.imwrite(files / FILES["sample_output"], test_output[0, 0])
-        write_cover(image, test_output[0, 0], files / FILES["cover"])
+        how = write_files(files, wrapper, image, test_input, test_output)
+        # a traced network keeps the shapes of its trace: only the training input size
         multiple = size_multiple(payload["kind"], payload["arch"]) if how == "scripted" else None
+        minimum = size if multiple is None else math.ceil(size / multiple) * multiple
         size_text = (f"{size} x {size} pixels exactly" if multiple is None else
-                     f"at least {size} x {size} pixels, in steps of {multiple}")
+                     f"at least {minimum} x {minimum} pixels, in steps of {multiple}")
         (files / FILES["documentation"]).write_text(documentation(
             payload, checkpoint, info, how=how, size_text=size_text, sample_name=sample_name, config=config,
             tables=tables_md, tested=test, parameters=count_parameters(network)))
-        descr = describe(payload, checkpoint, info, files, multiple=multiple, config=config)
+        descr = _described(payload, checkpoint, info, files, minimum=minimum, multiple=multiple, config=config)
         package = staging / "package"
         zip_path = package / f"{output.name}.bioimageio.zip"
         _save(descr, package, zip_path)
@@ -142,6 +135,24 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(output, output / zip_path.name, size_text, how, status)
+
+
+def write_files(files: Path, wrapper: nn.Module, image: np.ndarray, test_input: np.ndarray,
+                test_output: np.ndarray) -> str:
+    """A package's files but the documentation into the new folder ``files``: weights (returns
+    how the TorchScript was made), architecture, environment, test and sample tensors, cover."""
+    files.mkdir()
+    scripted, how = to_torchscript(wrapper, test_input, test_output)
+    scripted.save(str(files / FILES["torchscript"]))
+    torch.save(wrapper.state_dict(), files / FILES["state_dict"])
+    shutil.copyfile(models.__file__, files / ARCHITECTURE_FILE)
+    (files / FILES["environment"]).write_text(_environment())
+    np.save(files / FILES["test_input"], test_input)
+    np.save(files / FILES["test_output"], test_output)
+    tifffile.imwrite(files / FILES["sample_input"], image)
+    tifffile.imwrite(files / FILES["sample_output"], test_output[0, 0])
+    write_cover(image, test_output[0, 0], files / FILES["cover"])
+    return how
 
 
 def _check_output(output: Path) -> None:
@@ -205,9 +216,9 @@ def to_torchscript(wrapper: nn.Module, test_input: np.ndarray,
         try:
             module, how = torch.jit.script(wrapper), "scripted"
         except Exception as error:  # TorchScript's compiler raises several types for unsupported Python
-            reason = " ".join(str(error).split())[:120] or type(error).__name__
-            log.info("TorchScript cannot compile %s (%s); tracing it at %s x %s", type(wrapper.network).__name__,
-                     reason, *example.shape[-2:])
+            log.info("TorchScript cannot compile %s; tracing it at %s x %s, the package's fixed input size",
+                     type(wrapper.network).__name__, *example.shape[-2:])
+            log.debug("TorchScript's compiler: %s", error)
             with torch.no_grad():
                 module, how = torch.jit.trace(wrapper, example, check_trace=False), "traced"
     with torch.no_grad():
@@ -314,26 +325,30 @@ def _training_section(config: dict) -> list[str]:
             "```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```", ""]
 
 
-def _table_markdown(path: Path, checkpoint: Path) -> str:
-    """A test table for the documentation: a Markdown file as it is, or an evaluation CSV of
-    this network (emkt's long format) as metrics x datasets."""
-    if not path.is_file():
-        raise ValueError(f"{path}: table not found")
-    if path.suffix.lower() == ".md":
-        return f"From `{path.name}`:\n\n" + path.read_text().strip()
+def tables_markdown(paths: Sequence[Path]) -> list[str]:
+    """The test tables for the documentation: Markdown files as they are, and emkt evaluation
+    CSVs of this network (long format, results/eval/...) together as one table of metrics by
+    dataset."""
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{path}: table not found")
+    texts = [f"From `{path.name}`:\n\n" + path.read_text().strip() for path in paths if path.suffix.lower() == ".md"]
+    csvs = [path for path in paths if path.suffix.lower() != ".md"]
+    if not csvs:
+        return texts
     from .tables import read_long_tables
 
-    try:
-        long = read_long_tables([path])
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"{path}: not an emkt evaluation table ({error})") from None
+    long = read_long_tables(csvs)  # ValueError naming a file that is not in the long format
     wide = long.pivot_table(index="metric", columns="dataset", values="value", aggfunc="mean", sort=False)
     header = ["metric", *[str(c) for c in wide.columns]]
-    rows = [f"| {metric} | " + " | ".join(f"{v:.4g}" for v in values) + " |" for metric, values in wide.iterrows()]
-    seeds = ", ".join(str(s) for s in sorted(long["seed"].unique())) if "seed" in long else "?"
-    return (f"Test metrics of this network (seed {seeds}) from `{path.name}` (emkt's evaluation; thresholds and "
-            "object sizes as in the run's `evaluate` config):\n\n"
-            + "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) - 1) + "---|", *rows]))
+    rows = ["| " + " | ".join([str(metric), *("–" if np.isnan(v) else f"{v:.4g}" for v in values)]) + " |"
+            for metric, values in wide.iterrows()]
+    seeds = ", ".join(str(seed) for seed in sorted(long["seed"].unique()))
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+    return [f"Metrics of this network (seed {seeds}) from emkt's evaluation ({', '.join(f'`{p.name}`' for p in csvs)}): "
+            "`test` is the run's test split, `val` its validation split (used for choosing, so not a test), other "
+            "columns external labelled sets; thresholds and object sizes as in the run's `evaluate` config.\n\n"
+            + table, *texts]
 
 
 def _default_name(payload: dict, checkpoint: Path) -> str:
@@ -352,17 +367,45 @@ def citations(info: PackageInfo, config: dict | None) -> list[tuple[str, str]]:
     return [MONAI_CITATION, *data, *info.cite]
 
 
-def describe(payload: dict, checkpoint: Path, info: PackageInfo, files: Path, *, multiple: int | None,
-             config: dict | None) -> Any:
-    """The bioimageio.spec 0.5 ModelDescr of a package whose files are in ``files``;
-    ``multiple``: the step of the input's parametrized size, None for a fixed size."""
+def check_info(info: PackageInfo) -> None:
+    """ValueError on one line for a licence, author name or citation bioimage.io refuses,
+    before any work is done."""
+    from bioimageio.spec.model import v0_5 as spec
+    from pydantic import ValidationError
+
+    try:
+        spec.LicenseId(info.license)
+    except ValidationError:
+        raise ValueError(f"licence {info.license!r} is not an SPDX identifier bioimage.io accepts "
+                         "(e.g. MIT, CC-BY-4.0, Apache-2.0)") from None
+    for name in info.authors:
+        if not name.strip() or "/" in name:
+            raise ValueError(f"author {name!r}: bioimage.io needs a name without '/'")
+    for text, link in info.cite:
+        if not text.strip() or not (DOI_PATTERN.match(link) or re.match(r"^https?://\S+$", link)):
+            raise ValueError(f"citation {text!r} {link!r}: needs a text and a DOI (10.xxxx/...) or an http(s) URL")
+
+
+def _described(payload: dict, checkpoint: Path, info: PackageInfo, files: Path, **kwargs: Any) -> Any:
+    """``describe``, with a value bioimage.io refuses reported on one line."""
+    from pydantic import ValidationError
+
+    try:
+        return describe(payload, checkpoint, info, files, **kwargs)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"{checkpoint}: bioimage.io refuses the description ({problems})") from None
+
+
+def describe(payload: dict, checkpoint: Path, info: PackageInfo, files: Path, *, minimum: int,
+             multiple: int | None, config: dict | None) -> Any:
+    """The bioimageio.spec 0.5 ModelDescr of a package whose files are in ``files``. The input
+    side is ``minimum`` plus any number of ``multiple`` (None: exactly ``minimum``). The minimum
+    is the training size: on smaller tiles the networks' instance norms would see other statistics."""
     from bioimageio.spec.model import v0_5 as spec
 
     size = payload["input_size"]
-    if multiple is None:
-        side: Any = size
-    else:  # from the training size up: smaller tiles would change what the network's norms see
-        side = spec.ParameterizedSize(min=math.ceil(size / multiple) * multiple, step=multiple)
+    side: Any = minimum if multiple is None else spec.ParameterizedSize(min=minimum, step=multiple)
     space = [spec.SpaceInputAxis(id=spec.AxisId(axis), size=side) for axis in ("y", "x")]
     raw = spec.InputTensorDescr(
         id=spec.TensorId(INPUT_ID),

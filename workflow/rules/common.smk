@@ -42,6 +42,7 @@ FIGURES = [
 # External labelled sets and prediction folders by name (config 'external_test', 'predict').
 EXTERNAL = {entry["name"]: entry for entry in config["external_test"]}
 PREDICT = {entry["name"]: entry for entry in config["predict"]}
+EXPORT = config["export"]
 if EXTERNAL:
     FIGURES.append("results/figures/datasets.png")
 # Scheduling priorities (Snakemake runs the ready job of highest priority first): the light
@@ -242,3 +243,16 @@ def prediction_model(wildcards):
 def prediction_images(wildcards):
     """The folder's images, as inputs: adding or changing one predicts the folder again."""
     return [str(p) for p in find_images(PREDICT[wildcards.prediction]["dir"], recursive=True)]
+
+
+def export_outputs():
+    """The bioimage.io package folders of the networks to export (config 'export')."""
+    return [f"results/export/{network}_{seed}" for network in EXPORT["networks"]
+            for seed in EXPORT.get("seeds") or SEEDS[:1]]
+
+
+def export_tables(wildcards):
+    """A network's evaluation tables of its seed, for its package's documentation: the test
+    split and each external set."""
+    name = f"{network_role(wildcards.condition)}_{wildcards.condition}_{wildcards.seed}.csv"
+    return [f"results/eval/{name}", *[f"results/eval/external/{external}/{name}" for external in EXTERNAL]]
