@@ -85,7 +85,7 @@ def test_a_unet_student_exports_to_a_package_bioimageio_core_passes(tmp_path, of
                           sample=tmp_path / "sample.tiff", tables=[table])
     assert result.test_status == "passed" and result.torchscript == "scripted"  # export refuses anything else
     package = tmp_path / "package"
-    assert {*FILES.values(), ARCHITECTURE_FILE, "rdf.yaml", "package.bioimageio.zip"} <= {p.name for p in package.iterdir()}
+    assert {p.name for p in package.iterdir()} == {*FILES.values(), ARCHITECTURE_FILE, "rdf.yaml"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".package")], "staging folders left behind"
 
     descr = load_description(package / "rdf.yaml")
@@ -119,9 +119,11 @@ def test_a_unet_student_exports_to_a_package_bioimageio_core_passes(tmp_path, of
 @pytest.mark.slow
 def test_a_vitautoenc_student_exports_with_its_fixed_input_size(tmp_path, offline_bioimageio, capsys):
     checkpoint = tiny_checkpoint(tmp_path, TINY_VIT)
-    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "vit"), "--authors", "A. Tester",
-                 "--license", "CC-BY-4.0", "--cite", "My method", "https://example.com/method", "--threads", "1"]) == 0
-    assert "test passed" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "vit"), "--zip", "--authors",
+                 "A. Tester", "--license", "CC-BY-4.0", "--cite", "My method", "https://example.com/method",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test passed" in out and "vit.bioimageio.zip" in out and (tmp_path / "vit" / "vit.bioimageio.zip").is_file()
     from bioimageio.spec import load_description
 
     descr = load_description(tmp_path / "vit" / "rdf.yaml")

@@ -91,7 +91,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> argparse.Argument
         "export", help="write a trained network as a bioimage.io model package",
         description="Write a student, segmenter or ensemble checkpoint as a bioimage.io model package (format "
                     "0.5): OUTPUT/rdf.yaml with TorchScript and PyTorch state-dict weights, documentation, cover "
-                    "and test tensors, and the same package zipped as OUTPUT/<OUTPUT name>.bioimageio.zip. "
+                    "and test tensors (--zip: also zipped, as OUTPUT/<OUTPUT name>.bioimageio.zip). "
                     "bioimageio.core's test must pass before anything is written.")
     export.add_argument("--checkpoint", required=True, type=Path,
                         help="model checkpoint, e.g. results/models/student_expanded_anchored_0.pth")
@@ -114,6 +114,9 @@ def add_export_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     export.add_argument("--cite", nargs=2, action="append", default=[], metavar=("TEXT", "DOI_OR_URL"),
                         help="a citation to add (MONAI, and CEM-MitoLab for runs on it, are always cited); repeat "
                              "for several")
+    export.add_argument("--zip", action="store_true",
+                        help="also write the package as one zip file (deepImageJ installs and bioimage.io uploads "
+                             "take a zip; it holds the weights a second time)")
     export.add_argument("--skip-test", action="store_true", help="do not run bioimageio.core's test of the package")
     export.add_argument("--threads", type=int, default=None,
                         help=f"CPU threads (default: all available, here {available_cores()})")
@@ -132,10 +135,10 @@ def run_export(args: argparse.Namespace) -> None:
     info = PackageInfo(name=args.name, description=args.description, authors=args.authors, license=args.license,
                        cite=[tuple(pair) for pair in args.cite])
     result = export_model(args.checkpoint, args.output, info, sample=args.sample, config=config, tables=args.table,
-                          test=not args.skip_test)
+                          test=not args.skip_test, zip_package=args.zip)
     tested = "bioimageio.core's test passed" if result.test_status else "not tested (--skip-test)"
-    print(f"{result.folder}/rdf.yaml and {result.zip_path}: input {result.size}, TorchScript {result.torchscript}; "
-          f"{tested}")
+    written = f"{result.folder}/rdf.yaml" + (f" and {result.zip_path}" if result.zip_path else "")
+    print(f"{written}: input {result.size}, TorchScript {result.torchscript}; {tested}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,7 +73,7 @@ class ExportResult:
     """Where the package went, how its input size was declared and how it was checked."""
 
     folder: Path
-    zip_path: Path
+    zip_path: Path | None
     size: str
     torchscript: str
     test_status: str | None
@@ -81,10 +81,10 @@ class ExportResult:
 
 def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo | None = None, *,
                  sample: str | Path | None = None, config: dict | None = None,
-                 tables: Sequence[str | Path] = (), test: bool = True) -> ExportResult:
+                 tables: Sequence[str | Path] = (), test: bool = True, zip_package: bool = False) -> ExportResult:
     """Write the bioimage.io package of a student, segmenter or ensemble checkpoint to the folder
-    ``output`` (rdf.yaml and its files), and the same package zipped inside it
-    (``<output name>.bioimageio.zip``, for deepImageJ and uploads).
+    ``output`` (rdf.yaml and its files); with ``zip_package`` also the same package zipped
+    inside it (``<output name>.bioimageio.zip``, for deepImageJ and uploads).
 
     ``sample``: an image (TIFF, PNG, JPEG) whose central input-size crop becomes the test
     input; none: a generated EM-like image. ``config``: the run's config (documented; its data
@@ -122,7 +122,7 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
             tables=tables_md, tested=test, parameters=count_parameters(network)))
         descr = _described(payload, checkpoint, info, files, minimum=minimum, multiple=multiple, config=config)
         package = staging / "package"
-        zip_path = package / f"{output.name}.bioimageio.zip"
+        zip_path = package / f"{output.name}.bioimageio.zip" if zip_package else None
         _save(descr, package, zip_path)
         status = None
         if test:
@@ -134,7 +134,7 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
         _replace(package, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(output, output / zip_path.name, size_text, how, status)
+    return ExportResult(output, output / zip_path.name if zip_path else None, size_text, how, status)
 
 
 def write_files(files: Path, wrapper: nn.Module, image: np.ndarray, test_input: np.ndarray,
@@ -460,16 +460,17 @@ def describe(payload: dict, checkpoint: Path, info: PackageInfo, files: Path, *,
     )
 
 
-def _save(descr: Any, package: Path, zip_path: Path) -> None:
-    """The package as a folder (rdf.yaml and its files) and zipped inside it; bioimageio.spec
-    validates the zip it wrote."""
+def _save(descr: Any, package: Path, zip_path: Path | None) -> None:
+    """The package as a folder (rdf.yaml and its files) and, given a path, zipped inside it
+    (bioimageio.spec validates the zip it writes)."""
     from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
     from bioimageio.spec.model.v0_5 import ModelDescr
 
     if not isinstance(descr, ModelDescr):  # an InvalidDescr: the description itself is wrong
         raise ValueError(f"invalid bioimage.io description: {descr.validation_summary.format()}")
     save_bioimageio_package_as_folder(descr, output_path=package)
-    save_bioimageio_package(descr, output_path=zip_path)
+    if zip_path is not None:
+        save_bioimageio_package(descr, output_path=zip_path)
 
 
 def validate_package(rdf: str | Path, weight_format: str | None = None) -> Any:

@@ -12,4 +12,4 @@ info = PackageInfo(authors=list(settings.get("authors") or []), license=settings
                    cite=[(entry["text"], entry.get("doi") or entry["url"]) for entry in settings.get("cite") or []])
 export_model(snakemake.input.model, snakemake.output[0], info,
              sample=snakemake.input.sample[0] if snakemake.input.sample else None, config=config,
-             tables=list(snakemake.input.tables))
+             tables=list(snakemake.input.tables), zip_package=bool(settings.get("zip")))
