@@ -197,5 +197,5 @@ def test_export_config_names_trained_networks_and_seeds(paper_config):
         validate_config(config)
     assert "'export.networks' names ['critic']" in str(error.value) and "'export.seeds' names [7]" in str(error.value)
     config["export"].update(networks=[], seeds=None, cite=[{"text": "no link"}])
-    with pytest.raises(ConfigError, match="export.cite"):
+    with pytest.raises(ConfigError, match=r"export\.cite\.0. needs exactly one of .doi. and .url."):
         validate_config(config)

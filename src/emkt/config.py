@@ -186,8 +186,8 @@ def reference_networks(config: dict) -> list[str]:
 
 
 def _output_set_problems(config: dict) -> list[str]:
-    """External sets and prediction folders need distinct names, and prediction and export only
-    name networks and seeds that the config trains."""
+    """External sets and prediction folders need distinct names, and prediction only names
+    networks and seeds that the config trains."""
     problems = []
     for key in ("external_test", "predict"):
         names = [entry["name"] for entry in config[key]]
@@ -208,7 +208,12 @@ def _output_set_problems(config: dict) -> list[str]:
         untrained = [seed for seed in entry.get("seeds") or [] if seed not in config["seeds"]]
         if untrained:
             problems.append(f"config key 'predict.{k}.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
-    export = config["export"]
+    return problems + _export_problems(config, trained)
+
+
+def _export_problems(config: dict, trained: list[str]) -> list[str]:
+    """Export names networks and seeds that the config trains; each citation has one link."""
+    export, problems = config["export"], []
     unknown = [name for name in export["networks"] if name not in trained]
     if unknown:
         problems.append(f"config key 'export.networks' names {unknown}, which the listed conditions do not train; "
@@ -216,6 +221,9 @@ def _output_set_problems(config: dict) -> list[str]:
     untrained = [seed for seed in export.get("seeds") or [] if seed not in config["seeds"]]
     if untrained:
         problems.append(f"config key 'export.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
+    for k, entry in enumerate(export.get("cite") or []):
+        if ("doi" in entry) == ("url" in entry):
+            problems.append(f"config key 'export.cite.{k}' needs exactly one of 'doi' and 'url'")
     return problems
 
 
