@@ -345,7 +345,8 @@ def tables_markdown(paths: Sequence[Path]) -> list[str]:
             for metric, values in wide.iterrows()]
     seeds = ", ".join(str(seed) for seed in sorted(long["seed"].unique()))
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
-    return [f"Metrics of this network (seed {seeds}) from emkt's evaluation ({', '.join(f'`{p.name}`' for p in csvs)}): "
+    sources = ", ".join(f"`{Path(*path.parts[-2:])}`" for path in csvs)  # eval/x.csv, <external set>/x.csv
+    return [f"Metrics of this network (seed {seeds}) from emkt's evaluation ({sources}): "
             "`test` is the run's test split, `val` its validation split (used for choosing, so not a test), other "
             "columns external labelled sets; thresholds and object sizes as in the run's `evaluate` config.\n\n"
             + table, *texts]
