@@ -40,18 +40,20 @@ INPUT_ID, OUTPUT_ID = "raw", "probability"
 # the same on any image with contrast.
 ZSCORE_EPS = 1e-6
 ARCHITECTURE_FILE = "emkt_models.py"
-# Files of a package (the test tensors' names are what bioimage.io tools look for).
+# The files of a package.
 FILES = {"torchscript": "weights_torchscript.pt", "state_dict": "weights_state_dict.pt",
          "environment": "environment.yaml", "documentation": "README.md", "cover": "cover.png",
          "test_input": "test_input.npy", "test_output": "test_output.npy",
          "sample_input": "sample_input.tif", "sample_output": "sample_output.tif"}
 TAGS = ["electron-microscopy", "mitochondria", "semantic-segmentation", "2d", "pytorch", "monai", "emkt"]
 # Citations every package carries: the library that implements the networks (the URL of its
-# CITATION.cff). The training data's is added when the run's config says where they came from.
+# CITATION.cff). The training data's is added when the run's config says where they came from:
+# the EMPIAR entry the workflow downloads (config.yaml's data.empiar), as the repository names
+# no DOI for it.
 MONAI_CITATION = ("MONAI: the implementation of the network (Cardoso et al., MONAI: An open-source framework "
                   "for deep learning in healthcare, 2022).", "https://monai.io")
 CEM_MITOLAB_CITATION = ("CEM-MitoLab, the labelled mitochondria images the network was trained on "
-                        "(EMPIAR-11037; Conrad and Narayan).", "https://www.ebi.ac.uk/empiar/EMPIAR-11037/")
+                        "(EMPIAR-11037).", "https://ftp.ebi.ac.uk/empiar/world_availability/11037/")
 DOI_PATTERN = re.compile(r"^10\.\d{4,9}/\S+$")
 
 
