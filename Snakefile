@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -29,4 +30,5 @@ rule all:
         list(RIVAL_TABLES.values()),
         FIGURES,
         prediction_outputs(),
+        export_outputs(),
     default_target: True

@@ -28,3 +28,16 @@ print(json.dumps(culprits))
 def test_table_and_data_modules_import_without_torch():
     out = subprocess.run([sys.executable, "-c", PROBE, *TORCH_FREE], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [], f"imports torch or MONAI: {out.stdout.strip()}"
+
+
+@pytest.mark.slow
+def test_only_exporting_imports_bioimageio():
+    """bioimageio.core takes seconds to import (about 5 s on the 2-core machine): the modules of
+    the other commands and jobs, and emkt.export itself until it exports, leave it out."""
+    probe = ("import importlib, json, sys\n"
+             "for name in sys.argv[1:]:\n"
+             "    importlib.import_module(name)\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'bioimageio'})))")
+    modules = ["emkt.cli", "emkt.predict", "emkt.evaluate", "emkt.checkpoints", "emkt.export", *TORCH_FREE]
+    out = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [], f"imported by a module that is not exporting: {out.stdout.strip()}"

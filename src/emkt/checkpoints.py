@@ -12,8 +12,8 @@ from torch import nn
 
 from . import distributed
 from . import __version__
-from .models import (SEGMENTER_TYPES, EnsembleSegmenter, constructor_keys, build_segmenter, build_student,
-                     build_teacher, student_arch, student_arch_keys, student_type, teacher_class)
+from .models import (SEGMENTATION_KINDS, SEGMENTER_TYPES, build_segmentation_network, build_teacher,
+                     constructor_keys, student_arch, student_arch_keys, student_type, teacher_class)
 from .files import atomic_path
 
 FORMAT_VERSION = 1
@@ -21,8 +21,6 @@ FORMAT_VERSION = 1
 # teacher: a loss predictor (arch 'type': critic, vit or error_map; none: critic); segmenter: a MONAI convolutional
 # segmenter (config 'segmenters'); ensemble: segmenters averaged (arch lists the members).
 KINDS = ("student", "teacher", "segmenter", "ensemble")
-# Kinds that map an image to foreground logits: what evaluation and prediction accept.
-SEGMENTATION_KINDS = ("student", "segmenter", "ensemble")
 NORMALISATION = "per-image z-score of the grey values"
 # Keys every checkpoint of FORMAT_VERSION holds (emkt_version and extra are informative only).
 REQUIRED_KEYS = ("format_version", "kind", "arch", "input_size", "normalisation", "state_dict")
@@ -193,14 +191,10 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 
 def build_model(kind: str, arch: dict, input_size: int) -> nn.Module:
     """An untrained network of a checkpoint kind and architecture."""
-    if kind == "student":
-        return build_student(arch, input_size)
     if kind == "teacher":
         return build_teacher(arch, input_size)
-    if kind == "segmenter":
-        return build_segmenter(arch, input_size)
-    if kind == "ensemble":
-        return EnsembleSegmenter([build_model(m["kind"], m["arch"], input_size) for m in arch["members"]])
+    if kind in SEGMENTATION_KINDS:
+        return build_segmentation_network(kind, arch, input_size)
     raise ValueError(f"unknown model kind {kind!r}; allowed: {KINDS}")
 
 

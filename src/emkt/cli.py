@@ -1,5 +1,6 @@
 """The command line: ``python -m emkt predict`` segments a folder of new EM images with a
-trained model. Heavy imports (torch, MONAI) wait until a command runs, so --help is quick."""
+trained model; ``python -m emkt export`` writes a trained network as a bioimage.io model
+package. Heavy imports (torch, MONAI, bioimageio) wait until a command runs, so --help is quick."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "in electron-microscopy images.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_predict_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -87,6 +89,62 @@ def run_predict(args: argparse.Namespace) -> None:
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
                    recursive=args.recursive, resume=args.resume,
                    memory_mb=args.memory_mb, link_3d=args.link_3d)
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``emkt export``: the options of emkt.export.export_model."""
+    export = commands.add_parser(
+        "export", help="write a trained network as a bioimage.io model package",
+        description="Write a student, segmenter or ensemble checkpoint as a bioimage.io model package (format "
+                    "0.5): OUTPUT/rdf.yaml with TorchScript and PyTorch state-dict weights, documentation, cover "
+                    "and test tensors (--zip: also zipped, as OUTPUT/<OUTPUT name>.bioimageio.zip). "
+                    "bioimageio.core's test must pass before anything is written.")
+    export.add_argument("--checkpoint", required=True, type=Path,
+                        help="model checkpoint, e.g. results/models/student_expanded_anchored_0.pth")
+    export.add_argument("--output", required=True, type=Path,
+                        help="folder of the package (new, or an earlier package, which is replaced)")
+    export.add_argument("--sample", type=Path, default=None,
+                        help="an EM image (TIFF, PNG, JPEG) whose central crop of the network's input size is the "
+                             "test input (default: a generated EM-like image)")
+    export.add_argument("--config", type=Path, nargs="+", default=None, metavar="YAML",
+                        help="the run's config files, merged in order as Snakemake does (e.g. config.yaml mine.yaml); "
+                             "shown in the documentation")
+    export.add_argument("--table", type=Path, action="append", default=[], metavar="FILE",
+                        help="a test table for the documentation: this network's evaluation CSV (results/eval/...) "
+                             "or a Markdown file; repeat for several")
+    export.add_argument("--name", default=None, help="the model's name (default: from the checkpoint)")
+    export.add_argument("--description", default=None, help="one-sentence description (default: from the checkpoint)")
+    export.add_argument("--authors", nargs="+", default=[], metavar="NAME", help="the package's authors")
+    export.add_argument("--license", default="MIT",
+                        help="SPDX licence of the weights, e.g. MIT or CC-BY-4.0 (default: %(default)s)")
+    export.add_argument("--cite", nargs=2, action="append", default=[], metavar=("TEXT", "DOI_OR_URL"),
+                        help="a citation to add (MONAI, and CEM-MitoLab for runs on it, are always cited); repeat "
+                             "for several")
+    export.add_argument("--zip", action="store_true",
+                        help="also write the package as one zip file (deepImageJ installs and bioimage.io uploads "
+                             "take a zip; it holds the weights a second time)")
+    export.add_argument("--skip-test", action="store_true", help="do not run bioimageio.core's test of the package")
+    export.add_argument("--threads", type=int, default=None,
+                        help=f"CPU threads (default: all available, here {available_cores()})")
+    export.set_defaults(run=run_export)
+    return export
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Export the checkpoint and print where the package is."""
+    from .config import load_config
+    from .export import PackageInfo, export_model
+    from .runtime import set_threads
+
+    set_threads(args.threads or available_cores())
+    config = load_config(*args.config) if args.config else None
+    info = PackageInfo(name=args.name, description=args.description, authors=args.authors, license=args.license,
+                       cite=[tuple(pair) for pair in args.cite])
+    result = export_model(args.checkpoint, args.output, info, sample=args.sample, config=config, tables=args.table,
+                          test=not args.skip_test, zip_package=args.zip)
+    tested = "bioimageio.core's test passed" if result.test_status else "not tested (--skip-test)"
+    written = f"{result.folder}/rdf.yaml" + (f" and {result.zip_path}" if result.zip_path else "")
+    print(f"{written}: input {result.size}, TorchScript {result.torchscript}; {tested}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

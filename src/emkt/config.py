@@ -206,13 +206,30 @@ def _output_set_problems(config: dict) -> list[str]:
                             "labels; give either dir (a CEM-MitoLab-layout folder) or image and labels (a labelled volume)")
     trained = student_rows(config) + reference_networks(config)
     for k, entry in enumerate(config["predict"]):
-        unknown = [name for name in entry["networks"] if name not in trained]
-        if unknown:
-            problems.append(f"config key 'predict.{k}.networks' names {unknown}, which the listed conditions do "
-                            f"not train; allowed: {trained}")
-        untrained = [seed for seed in entry.get("seeds") or [] if seed not in config["seeds"]]
-        if untrained:
-            problems.append(f"config key 'predict.{k}.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
+        problems += _untrained_problems(f"predict.{k}", entry, trained, config["seeds"])
+    return problems + _export_problems(config, trained)
+
+
+def _untrained_problems(key: str, entry: dict, trained: list[str], seeds: list[int]) -> list[str]:
+    """The networks and seeds a section (key) names that the config does not train."""
+    problems = []
+    unknown = [name for name in entry["networks"] if name not in trained]
+    if unknown:
+        problems.append(f"config key '{key}.networks' names {unknown}, which the listed conditions do not train; "
+                        f"allowed: {trained}")
+    untrained = [seed for seed in entry.get("seeds") or [] if seed not in seeds]
+    if untrained:
+        problems.append(f"config key '{key}.seeds' names {untrained}, not in 'seeds' = {seeds}")
+    return problems
+
+
+def _export_problems(config: dict, trained: list[str]) -> list[str]:
+    """Export names networks and seeds that the config trains; each citation has one link."""
+    export = config["export"]
+    problems = _untrained_problems("export", export, trained, config["seeds"])
+    for k, entry in enumerate(export.get("cite") or []):
+        if ("doi" in entry) == ("url" in entry):
+            problems.append(f"config key 'export.cite.{k}' needs exactly one of 'doi' and 'url'")
     return problems
 
 

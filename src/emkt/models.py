@@ -1,7 +1,11 @@
 """The networks: the students (ViTAutoEnc, SwinUNETR or UNet), the loss-predicting teachers
 (Critic, ViT regressor, error-map UNet), the convolutional segmenters of the distillation
 conditions, their ensemble, and feature taps for feature distillation. All built from MONAI
-networks."""
+networks.
+
+This module imports only torch and MONAI: bioimage.io packages (emkt.export) ship it as the
+source that rebuilds a network from its checkpoint's kind, arch and input size
+(``ProbabilityNetwork``), where emkt is not installed."""
 
 from __future__ import annotations
 
@@ -276,6 +280,53 @@ class EnsembleSegmenter(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return probability_logit(self.member_probabilities(image).mean(0))
+
+
+# Kinds that map an image to foreground logits: what evaluation, prediction and export accept.
+SEGMENTATION_KINDS = ("student", "segmenter", "ensemble")
+
+
+def build_segmentation_network(kind: str, arch: dict, input_size: int) -> nn.Module:
+    """A network mapping images to foreground logits, from a checkpoint's kind ('student',
+    'segmenter' or 'ensemble', whose arch lists its members' kinds and archs), arch and input size."""
+    if kind == "student":
+        return build_student(arch, input_size)
+    if kind == "segmenter":
+        return build_segmenter(arch, input_size)
+    if kind == "ensemble":
+        return EnsembleSegmenter([build_segmentation_network(m["kind"], m["arch"], input_size)
+                                  for m in arch["members"]])
+    raise ValueError(f"{kind!r} is not a segmentation network kind; allowed: {list(SEGMENTATION_KINDS)}")
+
+
+def size_multiple(kind: str, arch: dict) -> int | None:
+    """What the side of an input must be a multiple of: the network's downsampling, or None
+    when only its training input size fits (a ViTAutoEnc's position embeddings are fixed)."""
+    if kind == "ensemble":
+        multiples = [size_multiple(m["kind"], m["arch"]) for m in arch["members"]]
+        return None if None in multiples else math.lcm(*multiples)
+    if kind == "student":
+        student = student_arch(arch)
+        if student["type"] == "vitautoenc":
+            return None
+        if student["type"] == "swinunetr":
+            return 32  # a patch embedding of 2, then 4 stages that halve the resolution
+        arch = {"type": "unet", **{k: v for k, v in student.items() if k != "type"}}
+    depth = BASICUNET_DEPTH if arch["type"] == "basicunet" else arch.get("depth") or BASICUNET_DEPTH
+    return 2 ** (depth - 1)
+
+
+class ProbabilityNetwork(nn.Module):
+    """A segmentation network followed by the sigmoid: (B, 1, H, W) foreground probabilities in
+    [0, 1] of z-scored images. What bioimage.io packages run (emkt.export): its keyword
+    arguments are a checkpoint's kind, arch and input size, its weights under ``network.``."""
+
+    def __init__(self, kind: str, arch: dict, input_size: int) -> None:
+        super().__init__()
+        self.network = build_segmentation_network(kind, arch, input_size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.network(image).float())
 
 
 def default_feature_layer(model: nn.Module) -> str:

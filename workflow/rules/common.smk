@@ -42,6 +42,7 @@ FIGURES = [
 # External labelled sets and prediction folders by name (config 'external_test', 'predict').
 EXTERNAL = {entry["name"]: entry for entry in config["external_test"]}
 PREDICT = {entry["name"]: entry for entry in config["predict"]}
+EXPORT = config["export"]
 if EXTERNAL:
     FIGURES.append("results/figures/datasets.png")
 # Scheduling priorities (Snakemake runs the ready job of highest priority first): the light
@@ -252,3 +253,16 @@ def prediction_images(wildcards):
     """The folder's images and volumes, as inputs: adding or changing one predicts the folder again."""
     folder = PREDICT[wildcards.prediction]["dir"]
     return [str(p) for p in find_images(folder, recursive=True) + find_volumes(folder, recursive=True)]
+
+
+def export_outputs():
+    """The bioimage.io package folders of the networks to export (config 'export')."""
+    return [f"results/export/{network}_{seed}" for network in EXPORT["networks"]
+            for seed in EXPORT.get("seeds") or SEEDS[:1]]
+
+
+def export_tables(wildcards):
+    """A network's evaluation tables of its seed, for its package's documentation: the test
+    split and each external set."""
+    name = f"{network_role(wildcards.condition)}_{wildcards.condition}_{wildcards.seed}.csv"
+    return [f"results/eval/{name}", *[f"results/eval/external/{external}/{name}" for external in EXTERNAL]]
