@@ -21,7 +21,8 @@ from emkt.checkpoints import SEGMENTATION_KINDS, load_model, save_model
 from emkt.cli import main
 from emkt.config import ConfigError, validate_config
 from emkt.data import normalise_image
-from emkt.export import ARCHITECTURE_FILE, FILES, PackageInfo, export_model, tables_markdown, validate_package
+from emkt.export import (ARCHITECTURE_FILE, FILES, PackageInfo, export_model, sample_image, tables_markdown,
+                         validate_package)
 from emkt.models import ProbabilityNetwork, build_segmenter, build_student, build_teacher, size_multiple
 from emkt.synthetic import render_em_image, source_style
 
@@ -199,3 +200,16 @@ def test_export_config_names_trained_networks_and_seeds(paper_config):
     config["export"].update(networks=[], seeds=None, cite=[{"text": "no link"}])
     with pytest.raises(ConfigError, match=r"export\.cite\.0. needs exactly one of .doi. and .url."):
         validate_config(config)
+
+
+def test_the_sample_crop_is_where_the_network_finds_foreground(tmp_path):
+    # a flat image with one bright square near the bottom right: the identity "network" (its
+    # z-scored input as the probability) finds foreground only in crops holding the square
+    image = np.full((100, 130), 60, np.uint8)
+    image[80:95, 110:125] = 200
+    tifffile.imwrite(tmp_path / "sample.tif", image)
+    crop, where = sample_image(tmp_path / "sample.tif", 32, torch.nn.Identity())
+    assert crop.shape == (32, 32) and crop.max() == 200
+    assert "row 68, column 98" in where
+    central, where = sample_image(tmp_path / "sample.tif", 32)
+    assert central.max() == 60 and "central" in where

@@ -104,8 +104,9 @@ def add_export_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     export.add_argument("--output", required=True, type=Path,
                         help="folder of the package (new, or an earlier package, which is replaced)")
     export.add_argument("--sample", type=Path, default=None,
-                        help="an EM image (TIFF, PNG, JPEG) whose central crop of the network's input size is the "
-                             "test input (default: a generated EM-like image)")
+                        help="an EM image (TIFF, PNG, JPEG); of 16 evenly spaced crops of the network's input size, "
+                             "the one with the most predicted mitochondria is the test input and the cover "
+                             "(default: a generated EM-like image)")
     export.add_argument("--config", type=Path, nargs="+", default=None, metavar="YAML",
                         help="the run's config files, merged in order as Snakemake does (e.g. config.yaml mine.yaml); "
                              "shown in the documentation")

@@ -39,6 +39,8 @@ INPUT_ID, OUTPUT_ID = "raw", "probability"
 # bioimage.io's zero_mean_unit_variance divides by (std + eps); emkt's z-score by max(std, 1e-6):
 # the same on any image with contrast.
 ZSCORE_EPS = 1e-6
+# The sample crops tried for the test tensors and the cover: this many per side, evenly spaced.
+SAMPLE_CROPS_PER_SIDE = 4
 ARCHITECTURE_FILE = "emkt_models.py"
 # The files of a package.
 FILES = {"torchscript": "weights_torchscript.pt", "state_dict": "weights_state_dict.pt",
@@ -88,8 +90,8 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
     ``output`` (rdf.yaml and its files); with ``zip_package`` also the same package zipped
     inside it (``<output name>.bioimageio.zip``, for deepImageJ and uploads).
 
-    ``sample``: an image (TIFF, PNG, JPEG) whose central input-size crop becomes the test
-    input; none: a generated EM-like image. ``config``: the run's config (documented; its data
+    ``sample``: an image (TIFF, PNG, JPEG) whose input-size crop with the most predicted
+    foreground (``sample_image``) becomes the test input; none: a generated EM-like image. ``config``: the run's config (documented; its data
     source picks the data citation). ``tables``: evaluation CSVs of this network
     (results/eval/...) or Markdown tables, shown in the documentation. ``test``: run
     bioimageio.core's test on the package and write nothing unless it passes.
@@ -103,7 +105,7 @@ def export_model(checkpoint: str | Path, output: str | Path, info: PackageInfo |
     wrapper.network.load_state_dict(network.state_dict())
     wrapper.eval()
     size = payload["input_size"]
-    image, sample_name = sample_image(sample, size)
+    image, sample_name = sample_image(sample, size, wrapper)
     test_input = image.astype(np.float32)[None, None]
     with torch.no_grad():
         test_output = wrapper(torch.from_numpy(zscore(test_input))).numpy()
@@ -181,9 +183,12 @@ def zscore(image: np.ndarray) -> np.ndarray:
     return ((values - values.mean()) / (values.std() + ZSCORE_EPS)).astype(np.float32)
 
 
-def sample_image(sample: str | Path | None, size: int) -> tuple[np.ndarray, str]:
-    """(a size x size uint8 crop, where it came from): the centre of ``sample`` (read as emkt
-    predict reads images), or a generated EM-like image when none is given."""
+def sample_image(sample: str | Path | None, size: int, network: nn.Module | None = None) -> tuple[np.ndarray, str]:
+    """(a size x size uint8 crop, where it came from): of ``sample`` (read as emkt predict reads
+    images), the crop among up to SAMPLE_CROPS_PER_SIDE**2 evenly spaced ones where ``network``
+    (a ProbabilityNetwork) finds the most foreground, so that the test tensors and the cover
+    show mitochondria; the central crop without a network. A generated EM-like image when no
+    sample is given."""
     if sample is None:
         from .synthetic import render_em_image, source_style
 
@@ -199,8 +204,26 @@ def sample_image(sample: str | Path | None, size: int) -> tuple[np.ndarray, str]
     if height < size or width < size:
         raise DataFileError(f"{sample}: the sample image is {height} x {width}, smaller than the network's input "
                             f"size {size} x {size}; give a larger one")
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[top:top + size, left:left + size], f"the central {size} x {size} crop of `{sample.name}`"
+    centre = ((height - size) // 2, (width - size) // 2)
+    if network is None:
+        return _crop(image, centre, size), f"the central {size} x {size} crop of `{sample.name}`"
+    corners = [(top, left) for top in _spaced(height - size) for left in _spaced(width - size)]
+    with torch.no_grad():
+        foreground = [float((network(torch.from_numpy(zscore(_crop(image, corner, size)[None, None])))
+                             >= 0.5).float().mean()) for corner in corners]
+    top, left = corners[int(np.argmax(foreground))]  # the first of equals: all empty gives the top left
+    return (_crop(image, (top, left), size),
+            f"the {size} x {size} crop at row {top}, column {left} of `{sample.name}` (of "
+            f"{len(corners)} evenly spaced crops, the one the network finds the most mitochondria in)")
+
+
+def _spaced(span: int) -> list[int]:
+    """Up to SAMPLE_CROPS_PER_SIDE evenly spaced offsets in [0, span]."""
+    return sorted({round(span * k / (SAMPLE_CROPS_PER_SIDE - 1)) for k in range(SAMPLE_CROPS_PER_SIDE)})
+
+
+def _crop(image: np.ndarray, corner: tuple[int, int], size: int) -> np.ndarray:
+    return image[corner[0]:corner[0] + size, corner[1]:corner[1] + size]
 
 
 def to_torchscript(wrapper: nn.Module, test_input: np.ndarray,
