@@ -268,7 +268,7 @@ def test_checkpoint_costs_measure_each_network_as_if_it_ran_alone(tmp_path):
              "torch.set_num_threads(1)\n"
              "cpu = torch.device('cpu')\n"
              "print(json.dumps(checkpoint_inference_costs(sys.argv[1:3], 8, cpu, nothing_ran_here=True)))\n"
-             "checkpoint_inference_costs(sys.argv[1:], 8, cpu, nothing_ran_here=True)")
+             "checkpoint_inference_costs(sys.argv[3:], 8, cpu, nothing_ran_here=True)")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", probe, *map(str, paths), str(tmp_path / "broken.pth")],
