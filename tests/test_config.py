@@ -29,6 +29,7 @@ def test_paper_and_demo_configs_are_valid():
     ["studies/real-em.yaml", "studies/real-em-unet.yaml"],
     ["studies/real-em.yaml", "studies/real-em-vit.yaml"],
     ["studies/real-em.yaml", "studies/real-em-unet.yaml", "studies/real-em-long.yaml"],
+    ["studies/real-em.yaml", "studies/real-em-unet.yaml", "studies/real-em-trained.yaml"],
 ])
 def test_study_configs_are_valid_as_the_makefile_layers_them(layers):
     config = load_config(REPO / "config.yaml", *(REPO / layer for layer in layers))
