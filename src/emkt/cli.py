@@ -57,6 +57,14 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
                          help="memory for image arrays, in MB: a TIFF whose prediction would need more is read, "
                               "predicted and written in bands of rows, with the same result; model and runtime "
                               "come on top (default: %(default)g)")
+    predict.add_argument("--teacher", type=Path, default=None,
+                         help="a teacher checkpoint of the student's input size, e.g. "
+                              "results/models/teacher_joint_error_map_0.pth: adds each image's predicted loss to "
+                              "predictions.csv, OUTPUT/error/ (error-map teachers: predicted per-pixel error) and "
+                              "OUTPUT/review_queue.csv (images, and objects, most likely wrong first)")
+    predict.add_argument("--review-figure", type=int, default=0, metavar="N",
+                         help="with --teacher: draw the N images the teacher ranks worst into "
+                              "OUTPUT/review/worst_images.png (default: none)")
     predict.add_argument("--threads", type=int, default=None,
                          help=f"CPU threads (default: all available, here {available_cores()})")
     predict.set_defaults(run=run_predict)
@@ -76,11 +84,19 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: {error}") from None
     if not args.input.is_dir():  # before the (slow) model load
         raise ValueError(f"{args.input}: input folder not found")
+    if args.review_figure < 0 or (args.review_figure and args.teacher is None):
+        raise ValueError(f"--review-figure {args.review_figure}: needs N >= 0 and a --teacher to rank the images")
     model, checkpoint = load_model(args.checkpoint, expected_kind=SEGMENTATION_KINDS)
+    teacher = None
+    if args.teacher is not None:
+        from .proofread import check_teacher
+
+        teacher, teacher_checkpoint = load_model(args.teacher, expected_kind="teacher")
+        check_teacher(checkpoint, teacher_checkpoint, args.checkpoint, args.teacher)
     predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
                    recursive=args.recursive, resume=args.resume,
-                   memory_mb=args.memory_mb)
+                   memory_mb=args.memory_mb, teacher=teacher, review_figure=args.review_figure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from .data import (PREDICTION_SUFFIXES, TIFF_SUFFIXES, DataFileError, find_image
 from .files import atomic_path
 from .inference import predict_tiles
 from .metrics import instances_from_probability
+from .proofread import PROOFREAD_FOLDERS, Proofreader, review_resumed
 from .store import quantise_probability
 
 log = logging.getLogger("emkt")
@@ -150,7 +151,8 @@ def batches_by_shape(items: Iterable[T], shape: Callable[[T], tuple[int, ...]], 
 def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, output_dir: str | Path, *,
                    threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
                    device: torch.device | str = "cpu", probability: str = "float32", recursive: bool = False,
-                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB) -> PredictionSummary:
+                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB, teacher: nn.Module | None = None,
+                   review_figure: int = 0) -> PredictionSummary:
     """Segment every image of ``input_dir`` with ``model`` (from ``checkpoint``, as load_model returns).
 
     Writes, per image (its path relative to ``input_dir``, suffix .tiff: ``output_names``), the probability
@@ -164,11 +166,23 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     (emkt.bands.IN_MEMORY_BYTES per pixel) exceeds it are TIFFs read, predicted and written in
     bands of rows (emkt.bands), with the same result; larger PNG/JPEG files are skipped.
     Every image is z-scored with exact float64 statistics (``exact_zscore``).
+
+    With a ``teacher`` (a loss-predicting teacher of the student's input size and
+    normalisation: emkt.proofread.check_teacher) each image also gets its predicted loss
+    (predictions.csv ``predicted_loss``), an error-map teacher's map goes to ``output_dir``/error/,
+    and ``review_queue.csv`` lists images (and objects) from most to least likely wrong;
+    ``review_figure`` > 0 draws that many of the worst images into review/worst_images.png
+    (emkt.proofread.Proofreader). Images predicted in bands get no teacher review.
     """
     _check_settings(threshold, min_size, overlap, batch_size, probability)
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
     check_normalisation(checkpoint)  # inputs are z-scored per image, as in training
+    if review_figure and teacher is None:
+        raise ValueError("a review figure needs a teacher (--teacher) to rank the images")
+    reviewer = None if teacher is None else Proofreader(
+        teacher, checkpoint["input_size"], overlap=overlap, batch_size=batch_size, device=device, threshold=threshold,
+        min_size=min_size, probability=probability)
     input_dir, output_dir, device = Path(input_dir), Path(output_dir), torch.device(device)
     jobs, rows = _plan_jobs(input_dir, output_dir, recursive)
     model = model.to(device).eval()
@@ -182,6 +196,10 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
 
         budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
         todo = [job for job in jobs if not (resume and _resumed(job, output_dir, record, budget_pixels))]
+        if reviewer is not None:  # the teacher judges resumed images again, from their written probabilities
+            for job in (job for job in jobs if rows.get(job.source, {}).get("status") == "resumed"):
+                rows[job.source].update(review_resumed(reviewer, job.source, job.name, rows[job.source]["file"],
+                                                       output_dir, budget_pixels))
         sizes = {job.source: _header_size(job.source) for job in todo}  # None: the reader says why
         large = {path: size for path, size in sizes.items() if size and size[0] * size[1] > budget_pixels}
         readable = _read_jobs([job for job in todo if job.source not in large], record)
@@ -190,7 +208,12 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             probs = predict_tiles(model, np.stack([job.image for job in batch]), checkpoint["input_size"],
                                   overlap, batch_size, device, exact_zscore)
             for job, prob in zip(batch, probs):
-                record(job, _write_outputs(output_dir, job.name, prob, threshold, min_size, probability))
+                row = _write_outputs(output_dir, job.name, prob, threshold, min_size, probability)
+                if reviewer is not None:
+                    row.update(reviewer.review(output_dir, job.name, exact_zscore(job.image), prob,
+                                               file=printable(job.source.relative_to(input_dir).as_posix()),
+                                               source=job.source))
+                record(job, row)
                 pixels.append(prob.size)
         for job in (job for job in todo if job.source in large):
             height, width = large[job.source]
@@ -205,10 +228,17 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             except DataFileError as error:
                 _skip(job, record, _reason(error, job.source))
                 continue
+            if reviewer is not None:
+                log.warning("%s: predicted in bands, so not reviewed by the teacher", printable(job.source))
+                row["predicted_loss"] = float("nan")
             record(job, row)
             pixels.append(height * width)
     summary = _summary(pixels, rows, time.perf_counter() - start, device)
     _write_table(rows, output_dir / "predictions.csv")
+    if reviewer is not None:
+        reviewer.write_queue(output_dir / "review_queue.csv")
+        if review_figure:
+            reviewer.write_figure(output_dir, review_figure, output_dir / "review" / "worst_images.png")
     if summary.images + summary.resumed == 0:
         first = next(iter(rows.values()))
         raise DataFileError(f"{input_dir}: none of its {len(rows)} image files could be read "
@@ -240,7 +270,7 @@ def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list
     output inside its input does not segment its own results."""
     if not input_dir.is_dir():
         raise DataFileError(f"{input_dir}: input folder not found")
-    outputs = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
+    outputs = [(output_dir / folder).resolve() for folder in (*OUTPUT_FOLDERS, *PROOFREAD_FOLDERS)]
     files = [p for p in find_images(input_dir, recursive)
              if not any(p.resolve().is_relative_to(folder) for folder in outputs)]
     if not files:
@@ -374,8 +404,10 @@ def _image_row(mask: np.ndarray, instances: np.ndarray) -> dict:
 
 
 def _write_table(rows: dict[Path, dict], path: Path) -> None:
-    """predictions.csv: one row per input file, in file order, with its output name (empty when skipped)."""
+    """predictions.csv: one row per input file, in file order, with its output name (empty when skipped),
+    and the teacher's ``predicted_loss`` where there is one."""
     columns = ["file", "output", "height", "width", "foreground_fraction", "objects", "status"]
+    columns += ["predicted_loss"] if any("predicted_loss" in row for row in rows.values()) else []
     table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=columns)
     table = table.astype({"height": "Int64", "width": "Int64", "objects": "Int64"})  # empty when skipped
     with atomic_path(path) as tmp:
