@@ -15,11 +15,10 @@ from emkt.cli import main
 from emkt.evaluate import teacher_predictions
 from emkt.models import build_student, build_teacher
 from emkt.predict import exact_zscore, predict_folder
-from emkt.proofread import (QUEUE_COLUMNS, Proofreader, check_teacher, encode_error, evaluate_proofreading,
-                            examples_from_arrays, object_table, predicted_error_map, review_examples, review_image,
-                            tile_losses, uncertainty, wrongness)
-from emkt.review import (ORACLE, RANDOM, UNCERTAINTY, proofreading_markdown, proofreading_table, review_area,
-                         review_curve)
+from emkt.proofread import (QUEUE_COLUMNS, check_teacher, encode_error, evaluate_proofreading, object_table,
+                            predicted_error_map, review_examples, review_image, tile_losses, uncertainty, wrongness)
+from emkt.review import (ORACLE, RANDOM, UNCERTAINTY, examples_from_arrays, proofreading_markdown, proofreading_table,
+                         review_area, review_curve)
 
 INPUT_SIZE = 16
 STUDENT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2, "deconv_chns": 8,
@@ -220,7 +219,8 @@ def test_predict_with_an_error_map_teacher_writes_maps_losses_and_the_queue(netw
     student, checkpoint, _ = networks["student"]
     out = tmp_path / "out"
     predict_folder(student, checkpoint, folder, out, min_size=1, batch_size=4, teacher=networks["error_map"][0],
-                   probability="uint8")
+                   probability="uint8", review_figure=2)
+    assert (out / "review" / "worst_images.png").stat().st_size > 0
     table = pd.read_csv(out / "predictions.csv")
     queue = pd.read_csv(out / "review_queue.csv")
     assert list(queue.columns) == QUEUE_COLUMNS

@@ -470,13 +470,14 @@ def plot_prediction_panel(
 
 def plot_review_examples(examples: list[dict], out: Path) -> None:
     """The images a teacher ranks worst, one row each: the image, the student's mask over it
-    (cyan), the teacher's predicted error over it (red, on the 1 - exp(-BCE) scale; a
+    (magenta), the teacher's predicted error over it (red, on the 1 - exp(-BCE) scale; a
     scalar teacher has no map), and where labels exist the truly wrong pixels (yellow).
 
     Each example has ``name``, ``image`` (2D), ``mask`` (bool), ``error`` (2D in [0, 1] or
     None), ``predicted_loss`` and optionally ``wrong`` (bool, the labelled wrong pixels).
     """
     labelled = any(example.get("wrong") is not None for example in examples)
+    shown = None
     columns = ["image", "predicted mask", "predicted error"] + (["truly wrong pixels"] if labelled else [])
     rows = max(len(examples), 1)
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.8 * len(columns), 2.8 * rows + 0.5), squeeze=False)
@@ -491,8 +492,6 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
         if example.get("error") is not None:
             shown = panels[2].imshow(np.asarray(example["error"], dtype=np.float32), cmap="Reds", alpha=0.6,
                                      vmin=0, vmax=1, interpolation="nearest")
-            if i == 0:
-                fig.colorbar(shown, ax=panels[2], fraction=0.046, pad=0.02, label="1 − exp(−BCE)")
         else:
             _no_data(panels[2], "scalar teacher:\nno error map")
         if labelled:
@@ -511,6 +510,8 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
         _no_data(axes[0, 0], "no images")
     fig.suptitle("images the teacher ranks most likely wrong, worst first", fontsize=10)
     fig.tight_layout()
+    if shown is not None:  # after the layout, so that every row keeps its panel width
+        fig.colorbar(shown, ax=list(axes[:, 2]), fraction=0.03, pad=0.01, label="predicted error, 1 − exp(−BCE)")
     _save(fig, out)
 
 

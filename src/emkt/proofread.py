@@ -334,7 +334,7 @@ def evaluate_proofreading(teachers: dict[str, nn.Module], input_size: int, items
 def review_examples(teacher: nn.Module, input_size: int, items: list[dict], probs: list[np.ndarray], count: int, *,
                     overlap: float, batch_size: int, device: torch.device, threshold: float) -> dict[str, np.ndarray]:
     """The ``count`` labelled images a teacher ranks worst for one student's probability maps,
-    as arrays for an .npz (``examples_from_arrays`` reads them back): per example k,
+    as arrays for an .npz (emkt.review.examples_from_arrays reads them back): per example k,
     ``image_k`` (normalised), ``mask_k`` (the student's), ``wrong_k`` (its truly wrong
     pixels), ``error_k`` (the teacher's map on the 1 - exp(-BCE) scale; error-map teachers
     only); and ``names``, ``predicted_loss``."""
@@ -352,11 +352,3 @@ def review_examples(teacher: nn.Module, input_size: int, items: list[dict], prob
         if reviews[k].error is not None:
             arrays[f"error_{slot}"] = wrongness(reviews[k].error).astype(np.float16)
     return arrays
-
-
-def examples_from_arrays(arrays: dict[str, np.ndarray]) -> list[dict]:
-    """The examples of ``review_examples`` arrays (an .npz) as emkt.plots.plot_review_examples takes them."""
-    return [{"name": str(name), "image": arrays[f"image_{k}"].astype(np.float32), "mask": arrays[f"mask_{k}"],
-             "error": arrays[f"error_{k}"].astype(np.float32) if f"error_{k}" in arrays else None,
-             "wrong": arrays[f"wrong_{k}"], "predicted_loss": float(arrays["predicted_loss"][k])}
-            for k, name in enumerate(arrays["names"])]

@@ -80,6 +80,14 @@ def on_grid(curve: np.ndarray, points: np.ndarray = CURVE_POINTS) -> np.ndarray:
     return np.interp(points, np.linspace(0.0, 1.0, curve.size), curve)
 
 
+def examples_from_arrays(arrays: dict[str, np.ndarray]) -> list[dict]:
+    """The examples of emkt.proofread.review_examples' arrays (an .npz) as emkt.plots.plot_review_examples takes them."""
+    return [{"name": str(name), "image": arrays[f"image_{k}"].astype(np.float32), "mask": arrays[f"mask_{k}"],
+             "error": arrays[f"error_{k}"].astype(np.float32) if f"error_{k}" in arrays else None,
+             "wrong": arrays[f"wrong_{k}"], "predicted_loss": float(arrays["predicted_loss"][k])}
+            for k, name in enumerate(arrays["names"])]
+
+
 def curve_rows(curve: np.ndarray, **keys: object) -> pd.DataFrame:
     """A review curve on the grid as rows of the curve table (``CURVE_COLUMNS``)."""
     return pd.DataFrame({**keys, "reviewed": CURVE_POINTS, "found": on_grid(curve)})

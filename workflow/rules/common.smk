@@ -44,6 +44,18 @@ EXTERNAL = {entry["name"]: entry for entry in config["external_test"]}
 PREDICT = {entry["name"]: entry for entry in config["predict"]}
 if EXTERNAL:
     FIGURES.append("results/figures/datasets.png")
+# The teachers as proofreaders of the students on every external set (emkt.proofread): with
+# teachers and external sets only. The review figure shows the worst images by a joint
+# error-map teacher where one is trained (it has a map to show), else the joint Critic, for
+# the last expansion row (what the condition delivers).
+PROOFREADING = bool(EXTERNAL and TEACHER_STAGES)
+REVIEW_EXAMPLE = (
+    [next((s for s in TEACHER_STAGES if s.startswith("joint") and STAGE_KINDS[s] == "error_map"), "joint"),
+     STUDENT_CONDITIONS[-1]]
+    if PROOFREADING else None
+)
+if PROOFREADING:
+    FIGURES += ["results/figures/review_curves.png", "results/figures/review_examples.png"]
 # Scheduling priorities (Snakemake runs the ready job of highest priority first): the light
 # store jobs that unblock training first, then the longest chain of a seed (teacher
 # pretraining, joint training, expansion), then what several conditions start from (the
@@ -217,6 +229,20 @@ def external_evaluations():
     """Every network's evaluation on every external set: what the summary table adds."""
     return [f"results/eval/external/{name}/{role}_{condition}_{seed}.csv"
             for name in EXTERNAL for role, condition in evaluated_networks() for seed in SEEDS]
+
+
+def proofreading_outputs(kind="all"):
+    """An external set's proofreading files of a seed (kind "all", for evaluate_external), or
+    every set's and seed's files of one kind; nothing without teachers or external sets."""
+    if not PROOFREADING:
+        return {} if kind == "all" else []
+    files = {"proofreading": "results/eval/external/{external}/proofreading_{seed}.csv",
+             "review_curves": "results/eval/external/{external}/review_curves_{seed}.csv",
+             "review_examples": "results/eval/external/{external}/review_examples_{seed}.npz"}
+    if kind == "all":
+        return files
+    seeds = SEEDS[:1] if kind == "review_examples" else SEEDS  # the figure shows the first seed
+    return [files[kind].format(external=name, seed=seed) for name in EXTERNAL for seed in seeds]
 
 
 def per_image_tables(evaluations):
