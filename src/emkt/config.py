@@ -208,6 +208,10 @@ def _output_set_problems(config: dict) -> list[str]:
         untrained = [seed for seed in entry.get("seeds") or [] if seed not in config["seeds"]]
         if untrained:
             problems.append(f"config key 'predict.{k}.seeds' names {untrained}, not in 'seeds' = {config['seeds']}")
+        stages = [teacher_stage(kind, stage) for kind in teacher_kinds(config) for stage in ("pretrained", "joint")]
+        if entry.get("teacher") is not None and entry["teacher"] not in stages:
+            problems.append(f"config key 'predict.{k}.teacher' is {entry['teacher']!r}, not a teacher the listed "
+                            f"conditions train; allowed: {stages}")
     return problems
 
 

@@ -265,6 +265,12 @@ def prediction_model(wildcards):
     return f"results/models/{network_role(wildcards.condition)}_{wildcards.condition}_{wildcards.seed}.pth"
 
 
+def prediction_teacher(wildcards):
+    """The teacher checkpoint that proofreads a prediction (config 'predict' entry 'teacher'), or none."""
+    stage = PREDICT[wildcards.prediction].get("teacher")
+    return [f"results/models/teacher_{stage}_{wildcards.seed}.pth"] if stage else []
+
+
 def prediction_images(wildcards):
     """The folder's images, as inputs: adding or changing one predicts the folder again."""
     return [str(p) for p in find_images(PREDICT[wildcards.prediction]["dir"], recursive=True)]
