@@ -480,13 +480,16 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
     shown = None
     columns = ["image", "predicted mask", "predicted error"] + (["truly wrong pixels"] if labelled else [])
     rows = max(len(examples), 1)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.8 * len(columns), 2.8 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.8 * len(columns) + 0.8, 2.8 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for i, example in enumerate(examples):
         image = np.asarray(example["image"], dtype=np.float32)
         panels = axes[i]
         for ax in panels:
             ax.imshow(image, cmap="gray")
-        panels[0].set_ylabel(f"#{i + 1} {example['name']}\npredicted loss {example['predicted_loss']:.3f}", fontsize=8)
+        name = str(example["name"])
+        name = name if len(name) <= 30 else "…" + name[-29:]
+        panels[0].set_ylabel(f"#{i + 1} {name}\npredicted loss {example['predicted_loss']:.3f}", fontsize=8)
         panels[1].imshow(np.ma.masked_where(~np.asarray(example["mask"], bool), np.ones(image.shape)), cmap="cool",
                          alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
         if example.get("error") is not None:
@@ -499,7 +502,7 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
             if wrong is None:
                 _no_data(panels[3], "no labels")
             else:
-                panels[3].imshow(np.ma.masked_where(~np.asarray(wrong, bool), np.ones(image.shape)), cmap="autumn_r",
+                panels[3].imshow(np.ma.masked_where(~np.asarray(wrong, bool), np.ones(image.shape)), cmap="autumn",
                                  alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
     for j, title in enumerate(columns):
         axes[0, j].set_title(title, fontsize=9)
@@ -509,9 +512,8 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
     if not examples:
         _no_data(axes[0, 0], "no images")
     fig.suptitle("images the teacher ranks most likely wrong, worst first", fontsize=10)
-    fig.tight_layout()
-    if shown is not None:  # after the layout, so that every row keeps its panel width
-        fig.colorbar(shown, ax=list(axes[:, 2]), fraction=0.03, pad=0.01, label="predicted error, 1 − exp(−BCE)")
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes[:, -1]), shrink=0.8, label="predicted error, 1 − exp(−BCE)")
     _save(fig, out)
 
 
