@@ -1,6 +1,6 @@
 """The teacher as a proofreader (emkt.review, emkt.proofread, ``emkt predict --teacher``):
 review curves and their areas by hand, the teacher's per-image loss as evaluation defines it,
-and a folder predicted with tiny untrained networks."""
+and a folder and a volume (reviewed section by section) predicted with tiny untrained networks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
 
+from emkt.bands import IN_MEMORY_BYTES
 from emkt.checkpoints import SEGMENTATION_KINDS, load_model, save_model
 from emkt.cli import main
 from emkt.evaluate import teacher_predictions
@@ -263,3 +267,96 @@ def test_cli_teacher_mismatch_is_one_line_and_a_figure_needs_a_teacher(networks,
     assert "needs N >= 0 and a --teacher" in capsys.readouterr().err
     assert main([*args, "--teacher", str(student_path)]) == 2
     assert "expected a teacher checkpoint, found a student" in capsys.readouterr().err
+
+
+# --- volumes, section by section -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    """A 3-section TIFF stack and its sections as 2D TIFFs: (volume folder, sections folder)."""
+    root = tmp_path_factory.mktemp("volume")
+    stack = np.random.default_rng(11).integers(0, 255, (3, 20, 24), dtype=np.uint8)
+    for folder in ("vol", "flat"):
+        (root / folder).mkdir()
+    tifffile.imwrite(root / "vol" / "vol.tif", stack, photometric="minisblack")
+    for z, section in enumerate(stack):
+        tifffile.imwrite(root / "flat" / f"s{z}.tif", section)
+    return root / "vol", root / "flat"
+
+
+def test_a_volume_is_reviewed_section_by_section_as_its_sections_are_as_images(networks, volume, tmp_path):
+    student, checkpoint, _ = networks["student"]
+    settings = dict(min_size=1, batch_size=4, teacher=networks["error_map"][0], probability="uint8")
+    predict_folder(student, checkpoint, volume[1], tmp_path / "flat", **settings)
+    predict_folder(student, checkpoint, volume[0], tmp_path / "vol", review_figure=2, **settings)
+    flat = pd.read_csv(tmp_path / "flat" / "predictions.csv")
+    sections = pd.read_csv(tmp_path / "vol" / "volumes" / "vol.sections.csv")
+    assert sections["predicted_loss"].to_numpy() == pytest.approx(flat["predicted_loss"].to_numpy(), abs=1e-6)
+    row = pd.read_csv(tmp_path / "vol" / "predictions.csv").iloc[0]
+    assert row.predicted_loss == pytest.approx(sections["predicted_loss"].mean())
+    # the error maps: an OME-Zarr image nested in the output, equal to the 2D maps
+    node = next(iter(Reader(parse_url(tmp_path / "vol" / "volumes" / "vol.ome.zarr" / "error"))()))
+    error = np.asarray(node.data[0])
+    assert node.metadata["name"] == "predicted_error" and error.dtype == np.uint8
+    assert np.array_equal(error, np.stack([tifffile.imread(tmp_path / "flat" / "error" / f"s{z}.tiff")
+                                           for z in range(3)]))
+    # the queue: a row per section, ranked, and each section's objects as the 2D image's
+    queue = pd.read_csv(tmp_path / "vol" / "review_queue.csv")
+    images = queue[queue["level"] == "image"]
+    assert images["rank"].tolist() == [1, 2, 3] and images["predicted_error"].is_monotonic_decreasing
+    assert (images["file"] == "vol.tif").all() and (images["output"] == "volumes/vol.ome.zarr").all()
+    by_section = images.set_index("section")["predicted_error"].sort_index()
+    assert by_section.to_numpy() == pytest.approx(sections["predicted_loss"].to_numpy())
+    flat_queue = pd.read_csv(tmp_path / "flat" / "review_queue.csv")
+    assert flat_queue["section"].isna().all()
+    columns = ["object", "pixels", "top", "left", "bottom", "right"]
+    for z in range(3):
+        objects = queue[(queue["level"] == "object") & (queue["section"] == z)].sort_values("object")
+        expected = flat_queue[(flat_queue["level"] == "object") & (flat_queue["output"] == f"s{z}.tiff")]
+        expected = expected.sort_values("object")
+        assert len(objects) == sections["objects"][z] > 0
+        assert objects[columns].to_numpy().tolist() == expected[columns].to_numpy().tolist()
+        assert objects["predicted_error"].to_numpy() == pytest.approx(expected["predicted_error"].to_numpy(), abs=1e-6)
+    assert (tmp_path / "vol" / "review" / "worst_images.png").stat().st_size > 0
+
+
+def test_a_volume_with_a_scalar_teacher_and_resume(networks, volume, tmp_path):
+    student, checkpoint, _ = networks["student"]
+    settings = dict(min_size=1, batch_size=4)
+    critic, error_map = networks["critic"][0], networks["error_map"][0]
+    predict_folder(student, checkpoint, volume[1], tmp_path / "flat", teacher=critic, **settings)
+    out = tmp_path / "vol"
+    predict_folder(student, checkpoint, volume[0], out, teacher=error_map, **settings)
+    assert zarr.open_group(str(out / "volumes" / "vol.ome.zarr"), mode="r")["error/0"].dtype == np.float32
+    table = out / "volumes" / "vol.sections.csv"
+    pd.read_csv(table).iloc[:1].to_csv(table, index=False)  # as if stopped after section 0
+    # resumed with the Critic: every section judged by it (section 0 from its written
+    # probability), the error-map teacher's image removed, no object rows
+    summary = predict_folder(student, checkpoint, volume[0], out, teacher=critic, resume=True, review_figure=1,
+                             **settings)
+    assert summary.sections == 2
+    expected = pd.read_csv(tmp_path / "flat" / "predictions.csv")["predicted_loss"].to_numpy()
+    assert pd.read_csv(table)["predicted_loss"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    assert "error" not in zarr.open_group(str(out / "volumes" / "vol.ome.zarr"), mode="r")
+    queue = pd.read_csv(out / "review_queue.csv")
+    assert set(queue["level"]) == {"image"} and sorted(queue["section"]) == [0, 1, 2]
+    # resumed whole: judged again, the same numbers; without a teacher no losses are left
+    predict_folder(student, checkpoint, volume[0], out, teacher=critic, resume=True, **settings)
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert row.status == "resumed" and row.predicted_loss == pytest.approx(expected.mean(), abs=1e-6)
+    predict_folder(student, checkpoint, volume[0], out, resume=True, **settings)
+    assert "predicted_loss" not in pd.read_csv(table) and "predicted_loss" not in pd.read_csv(out / "predictions.csv")
+
+
+def test_volume_sections_over_the_memory_budget_are_not_reviewed(networks, volume, tmp_path, caplog):
+    student, checkpoint, _ = networks["student"]
+    budget = 100 * IN_MEMORY_BYTES / 2**20  # under a section's 480 pixels: bands
+    with caplog.at_level("WARNING", logger="emkt"):
+        predict_folder(student, checkpoint, volume[0], tmp_path / "out", min_size=1, batch_size=4, memory_mb=budget,
+                       teacher=networks["error_map"][0])
+    assert "sections over the memory budget, so not reviewed by the teacher" in caplog.text
+    assert pd.read_csv(tmp_path / "out" / "volumes" / "vol.sections.csv")["predicted_loss"].isna().all()
+    assert np.isnan(pd.read_csv(tmp_path / "out" / "predictions.csv")["predicted_loss"][0])
+    assert "error" not in zarr.open_group(str(tmp_path / "out" / "volumes" / "vol.ome.zarr"), mode="r")
+    assert pd.read_csv(tmp_path / "out" / "review_queue.csv").empty

@@ -69,7 +69,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
                          help="a teacher checkpoint of the student's input size, e.g. "
                               "results/models/teacher_joint_error_map_0.pth: adds each image's predicted loss to "
                               "predictions.csv, OUTPUT/error/ (error-map teachers: predicted per-pixel error) and "
-                              "OUTPUT/review_queue.csv (images, and objects, most likely wrong first)")
+                              "OUTPUT/review_queue.csv (images, and objects, most likely wrong first); volumes are "
+                              "reviewed per section (losses in <name>.sections.csv, the error map at error/ in "
+                              "<name>.ome.zarr)")
     predict.add_argument("--review-figure", type=int, default=0, metavar="N",
                          help="with --teacher: draw the N images the teacher ranks worst into "
                               "OUTPUT/review/worst_images.png (default: none)")

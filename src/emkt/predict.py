@@ -134,6 +134,12 @@ def encode_probability(prob: np.ndarray, probability: str) -> np.ndarray:
     return np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
 
 
+def decode_probability(written: np.ndarray) -> np.ndarray:
+    """A written probability map as float32 p: a uint8 map (``encode_probability``) read as p = v/255."""
+    written = np.asarray(written)
+    return written.astype(np.float32) / 255.0 if written.dtype == np.uint8 else written.astype(np.float32)
+
+
 def output_paths(output_dir: str | Path, name: str | Path) -> dict[str, Path]:
     """Where the probability, mask and instances of an image named ``name`` (relative, .tiff) go."""
     return {folder: Path(output_dir) / folder / name for folder in OUTPUT_FOLDERS}
@@ -186,8 +192,9 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     (predictions.csv ``predicted_loss``), an error-map teacher's map goes to ``output_dir``/error/,
     and ``review_queue.csv`` lists images (and objects) from most to least likely wrong;
     ``review_figure`` > 0 draws that many of the worst images into review/worst_images.png
-    (emkt.proofread.Proofreader). Images predicted in bands and volumes get no teacher review
-    (a warning says so).
+    (emkt.proofread.Proofreader). A volume is reviewed section by section (its row's
+    ``predicted_loss`` is the mean over sections; emkt.predict_volumes). Images and volume
+    sections predicted in bands get no teacher review (a warning says so).
     """
     from .predict_volumes import predict_volume  # it builds on this module's helpers
 
@@ -256,14 +263,13 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             try:
                 row = predict_volume(model, checkpoint, job.source, output_dir / job.name, threshold=threshold,
                                      min_size=min_size, overlap=overlap, batch_size=batch_size, device=device,
-                                     probability=probability, memory_mb=memory_mb, resume=resume, link_3d=link_3d)
+                                     probability=probability, memory_mb=memory_mb, resume=resume, link_3d=link_3d,
+                                     reviewer=reviewer, names=(printable(job.source.relative_to(root).as_posix()),
+                                                               printable(job.name.as_posix())))
             except DataFileError as error:
                 _skip(job, record, _reason(error, job.source))
                 continue
             predicted = row.pop("pixels")
-            if reviewer is not None:
-                log.warning("%s: a volume, so not reviewed by the teacher", printable(job.source))
-                row["predicted_loss"] = float("nan")
             record(job, row)
             if predicted:
                 pixels.append(predicted)

@@ -46,13 +46,15 @@ from .models import is_dense_teacher
 from .review import (CURVE_COLUMNS, ORACLE, PROOFREADING_COLUMNS, RANDOM, UNCERTAINTY, curve_rows, review_area,
                      review_curve)
 from .scores import teacher_agreement
+from .volumes import VolumeOutput, open_volume
 
 ERROR_FOLDER = "error"
 # What a prediction with a teacher writes beside the probability, mask and instance folders.
 PROOFREAD_FOLDERS = (ERROR_FOLDER, "review")
 log = logging.getLogger("emkt")
-QUEUE_COLUMNS = ["rank", "level", "file", "output", "object", "predicted_error", "pixels", "top", "left", "bottom",
-                 "right"]
+# section: a volume's section (emkt.predict_volumes), empty for a 2D image
+QUEUE_COLUMNS = ["rank", "level", "file", "output", "section", "object", "predicted_error", "pixels", "top", "left",
+                 "bottom", "right"]
 
 
 def check_teacher(student: dict, teacher: dict, student_path: str | Path, teacher_path: str | Path) -> None:
@@ -150,8 +152,10 @@ def object_table(instances: np.ndarray, scores: dict[str, np.ndarray]) -> pd.Dat
 class Proofreader:
     """The teacher beside emkt.predict.predict_folder. ``review`` judges one image (its
     predicted loss for predictions.csv; for an error-map teacher it writes the error map to
-    ``<output>/error/<name>`` and keeps each object's predicted error); ``write_queue``
-    writes review_queue.csv, ``write_figure`` the figure of the worst images."""
+    ``<output>/error/<name>`` and keeps each object's predicted error); ``review_section``
+    judges one section of a volume (emkt.predict_volumes writes its error map); ``write_queue``
+    writes review_queue.csv, ``write_figure`` the figure of the worst images and sections.
+    Only the queue's rows are kept, never images or maps."""
 
     teacher: nn.Module
     input_size: int
@@ -180,25 +184,39 @@ class Proofreader:
         if result.error is not None:
             with atomic_path(Path(output_dir) / ERROR_FOLDER / name) as tmp:
                 tifffile.imwrite(tmp, encode_error(result.error, self.probability), compression="zlib")
+        self._record(result, prob, {"file": file, "output": name.as_posix(), "source": source})
+        return {"predicted_loss": result.loss}
+
+    def review_section(self, image: np.ndarray, prob: np.ndarray, *, file: str, output: str, section: int,
+                       source: Path) -> TeacherReview:
+        """Judge section ``section`` of a volume (``output``: its OME-Zarr image, relative to the
+        output folder) as ``review`` judges an image; the caller writes the error map."""
+        result = review_image(self.teacher, image, prob, self.input_size, self.overlap, self.batch_size, self.device)
+        self._record(result, prob, {"file": file, "output": output, "section": section, "source": source})
+        return result
+
+    def _record(self, result: TeacherReview, prob: np.ndarray, keys: dict) -> None:
+        """The queue's rows of one judged image or section: the image's, and its objects' (error maps only)."""
+        if result.error is not None:
             instances = instances_from_probability(prob, self.threshold, self.min_size)
             found = object_table(instances, {"predicted_error": result.error})
-            self.objects.append(found.assign(file=file, output=name.as_posix()))
-        self.images.append({"file": file, "output": name.as_posix(), "predicted_error": result.loss,
-                            "source": source})
-        return {"predicted_loss": result.loss}
+            self.objects.append(found.assign(**{k: v for k, v in keys.items() if k != "source"}))
+        self.images.append({"section": None, **keys, "predicted_error": result.loss})
 
     def queue(self) -> pd.DataFrame:
         """Images, then objects, each from the highest predicted error down (``QUEUE_COLUMNS``)."""
-        images = pd.DataFrame(self.images, columns=["file", "output", "predicted_error"])
+        images = pd.DataFrame(self.images, columns=["file", "output", "section", "predicted_error"])
         parts = [images.assign(level="image")]
         if self.objects:
             parts.append(pd.concat(self.objects, ignore_index=True).assign(level="object"))
         ranked = []
         for part in parts:
-            part = part.sort_values(["predicted_error", "output"], ascending=[False, True], kind="stable")
+            part = part.reindex(columns=QUEUE_COLUMNS).astype({"section": "Int64"})
+            part = part.sort_values(["predicted_error", "output", "section"], ascending=[False, True, True],
+                                    kind="stable")
             ranked.append(part.assign(rank=np.arange(1, len(part) + 1)))
         queue = pd.concat(ranked, ignore_index=True).reindex(columns=QUEUE_COLUMNS)
-        return queue.astype({c: "Int64" for c in ("object", "pixels", "top", "left", "bottom", "right")})
+        return queue.astype({c: "Int64" for c in ("section", "object", "pixels", "top", "left", "bottom", "right")})
 
     def write_queue(self, path: str | Path) -> pd.DataFrame:
         """review_queue.csv (atomically); returns the queue."""
@@ -208,22 +226,36 @@ class Proofreader:
         return queue
 
     def write_figure(self, output_dir: str | Path, count: int, out: str | Path) -> None:
-        """The figure of the ``count`` images the teacher ranks worst (emkt.plots.plot_review_examples),
-        read back from the input files and the written mask and error map."""
+        """The figure of the ``count`` images and volume sections the teacher ranks worst
+        (emkt.plots.plot_review_examples), read back from the input files and the written mask
+        and error map (a section's from its volume and OME-Zarr output)."""
         from .plots import plot_review_examples
-        from .predict import read_any_image  # predict imports this module: import here
 
         worst = sorted((row for row in self.images if row["source"] is not None),
                        key=lambda row: -row["predicted_error"])[:count]
         examples = []
         for row in worst:
-            error_path = Path(output_dir) / ERROR_FOLDER / row["output"]
-            error = tifffile.imread(error_path) if error_path.is_file() else None
-            examples.append({"name": row["output"], "image": read_any_image(row["source"]),
-                             "mask": tifffile.imread(Path(output_dir) / "mask" / row["output"]) > 0,
+            name, image, mask, error = _written(Path(output_dir), row)
+            examples.append({"name": name, "image": image, "mask": mask,
                              "error": None if error is None else wrongness(error),
                              "predicted_loss": row["predicted_error"]})
         plot_review_examples(examples, out)
+
+
+def _written(output_dir: Path, row: dict) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(name, grey image, mask, written error map or None) of a judged image or section."""
+    from .predict import read_any_image  # predict imports this module: import here
+
+    if row.get("section") is None:
+        error_path = output_dir / ERROR_FOLDER / row["output"]
+        return (row["output"], read_any_image(row["source"]), tifffile.imread(output_dir / "mask" / row["output"]) > 0,
+                tifffile.imread(error_path) if error_path.is_file() else None)
+    z = row["section"]
+    with open_volume(row["source"]) as volume:
+        image = volume.section(z)
+    written = VolumeOutput.read(output_dir / row["output"])
+    error = written.error
+    return (f"{row['output']} section {z}", image, written.label("mask")[z] > 0, None if error is None else error[z])
 
 
 def review_resumed(reviewer: Proofreader, source: Path, name: Path, file: str, output_dir: str | Path,
@@ -231,15 +263,14 @@ def review_resumed(reviewer: Proofreader, source: Path, name: Path, file: str, o
     """The teacher's review of an image an earlier run segmented (``--resume``), from the input
     image and its written probability map (a uint8 map read as p = v/255); an image over the
     memory budget (predicted in bands) is not reviewed (``predicted_loss`` NaN)."""
-    from .predict import exact_zscore, output_paths, read_any_image  # predict imports this module
+    from .predict import decode_probability, exact_zscore, output_paths, read_any_image  # predict imports this module
 
     path = output_paths(output_dir, name)["probability"]
     size = image_size(path) or (0, 0)
     if size[0] * size[1] > budget_pixels:
         log.warning("%s: over the memory budget, so not reviewed by the teacher", source)
         return {"predicted_loss": float("nan")}
-    prob = tifffile.imread(path)
-    prob = prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob.astype(np.float32)
+    prob = decode_probability(tifffile.imread(path))
     return reviewer.review(output_dir, name, exact_zscore(read_any_image(source)), prob, file=file, source=source)
 
 
