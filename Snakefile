@@ -28,6 +28,7 @@ rule all:
         "results/tables/headline.md",
         list(EXPANSION_TABLES.values()),
         list(RIVAL_TABLES.values()),
+        list(PROOFREADING_TABLES.values()),
         FIGURES,
         prediction_outputs(),
         export_outputs(),

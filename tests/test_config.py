@@ -96,6 +96,9 @@ def test_study_configs_are_valid_as_the_makefile_layers_them(layers):
          "'predict.0.seeds' names [7]"),
         (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "probability": "float16"}]),
          "'predict.0.probability' = 'float16' is not allowed; allowed values: ['float32', 'uint8']"),
+        (lambda c: c.update(predict=[{"name": "a", "dir": "x", "networks": ["unet"], "teacher": "joint_error_map"}]),
+         "'predict.0.teacher' is 'joint_error_map', not a teacher the listed conditions train; allowed: "
+         "['pretrained', 'joint']"),
         (lambda c: c["student"].update(type="resnet"), "'student.type' = 'resnet' is not allowed; allowed values: "
          "['vitautoenc', 'swinunetr', 'unet']"),
         (lambda c: (c["student"].update(type="swinunetr"), c.update(input_size=208)),

@@ -312,7 +312,8 @@ def test_a_labelled_volume_is_indexed_read_and_scored_per_section_and_per_volume
         del item["labels_3d"]
     assert volume_instance_scores(binary, worse, 0.5, 0) == scores
     ev = {"overlap": 0.25, "batch_size": 4, "threshold": 0.5, "calibration_bins": 15, "min_object_size": 3}
-    long, per_image = evaluate_on_external(model, checkpoint, "student", "baseline", 0, items, "vol", ev, "cpu")
+    result = evaluate_on_external(model, checkpoint, "student", "baseline", 0, items, "vol", ev, "cpu")
+    long, per_image = result.long, result.per_image
     metrics = dict(zip(long["metric"], long["value"]))
     assert {"iou", "object_f1", "object_f1_3d", "pq_3d"} <= set(metrics) and (long["dataset"] == "vol").all()
     assert per_image["name"].tolist() == ["vol/0", "vol/1", "vol/2", "vol/3"]

@@ -65,6 +65,16 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> argparse.Argumen
     predict.add_argument("--link-3d", action="store_true",
                          help="for volumes: also label objects across sections (objects of adjacent sections "
                               "that overlap are one), as labels/instances_3d of the output")
+    predict.add_argument("--teacher", type=Path, default=None,
+                         help="a teacher checkpoint of the student's input size, e.g. "
+                              "results/models/teacher_joint_error_map_0.pth: adds each image's predicted loss to "
+                              "predictions.csv, OUTPUT/error/ (error-map teachers: predicted per-pixel error) and "
+                              "OUTPUT/review_queue.csv (images, and objects, most likely wrong first); volumes are "
+                              "reviewed per section (losses in <name>.sections.csv, the error map at error/ in "
+                              "<name>.ome.zarr)")
+    predict.add_argument("--review-figure", type=int, default=0, metavar="N",
+                         help="with --teacher: draw the N images the teacher ranks worst into "
+                              "OUTPUT/review/worst_images.png (default: none)")
     predict.add_argument("--threads", type=int, default=None,
                          help=f"CPU threads (default: all available, here {available_cores()})")
     predict.set_defaults(run=run_predict)
@@ -84,11 +94,20 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: {error}") from None
     if not args.input.exists():  # before the (slow) model load
         raise ValueError(f"{args.input}: input folder (or file) not found")
+    if args.review_figure < 0 or (args.review_figure and args.teacher is None):
+        raise ValueError(f"--review-figure {args.review_figure}: needs N >= 0 and a --teacher to rank the images")
     model, checkpoint = load_model(args.checkpoint, expected_kind=SEGMENTATION_KINDS)
+    teacher = None
+    if args.teacher is not None:
+        from .proofread import check_teacher
+
+        teacher, teacher_checkpoint = load_model(args.teacher, expected_kind="teacher")
+        check_teacher(checkpoint, teacher_checkpoint, args.checkpoint, args.teacher)
     predict_folder(model, checkpoint, args.input, args.output, threshold=args.threshold, min_size=args.min_size,
                    overlap=args.overlap, batch_size=args.batch_size, device=device, probability=args.probability,
                    recursive=args.recursive, resume=args.resume,
-                   memory_mb=args.memory_mb, link_3d=args.link_3d)
+                   memory_mb=args.memory_mb, link_3d=args.link_3d, teacher=teacher,
+                   review_figure=args.review_figure)
 
 
 def add_export_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -207,6 +207,10 @@ def _output_set_problems(config: dict) -> list[str]:
     trained = student_rows(config) + reference_networks(config)
     for k, entry in enumerate(config["predict"]):
         problems += _untrained_problems(f"predict.{k}", entry, trained, config["seeds"])
+        stages = [teacher_stage(kind, stage) for kind in teacher_kinds(config) for stage in ("pretrained", "joint")]
+        if entry.get("teacher") is not None and entry["teacher"] not in stages:
+            problems.append(f"config key 'predict.{k}.teacher' is {entry['teacher']!r}, not a teacher the listed "
+                            f"conditions train; allowed: {stages}")
     return problems + _export_problems(config, trained)
 
 

@@ -25,6 +25,7 @@ from .evaluate import (calibrated_scores, evaluate_segmenter, fine_tuning_scores
 from .inference import predict_probability
 from .metrics import PixelAurocMeter, agreement_with_reference
 from .models import is_dense_teacher
+from .proofread import evaluate_proofreading, review_examples
 from .tables import to_long
 
 # Validation numbers reported beside the test scores (data set "val"): what defaults are chosen on.
@@ -77,12 +78,11 @@ def network_probabilities(model: nn.Module, checkpoint: dict, items: list[dict],
 
 
 def evaluate_on_external(model: nn.Module, checkpoint: dict, role: str, condition: str, seed: int,
-                         items: list[dict], dataset: str, evaluate_cfg: dict, device: torch.device
-                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                         items: list[dict], dataset: str, evaluate_cfg: dict, device: torch.device) -> NetworkResult:
     """A network on an external labelled set: the test split's pixel and object metrics, for a
     labelled volume also those of objects across sections (emkt.evaluate.volume_instance_scores),
     and its scores under its stored validation calibration (none for a checkpoint without one).
-    Returns the long rows and the per-image (per-section) table."""
+    Returns the long rows, the per-image (per-section) table and the probability maps."""
     ev = evaluate_cfg
     scores, per_image, probs = evaluate_segmenter(model.to(device), items, checkpoint["input_size"], ev["overlap"],
                                                   ev["batch_size"], device, ev["threshold"], ev["calibration_bins"],
@@ -91,8 +91,27 @@ def evaluate_on_external(model: nn.Module, checkpoint: dict, role: str, conditio
     calibration = stored_calibration(checkpoint)
     if calibration is not None:  # chosen on the validation split when the network was saved
         scores.update(calibrated_scores(items, probs, calibration, ev["calibration_bins"]))
-    return (to_long(scores, role, condition, seed, dataset=dataset),
-            per_image.assign(dataset=dataset, model=role, condition=condition, seed=seed))
+    return NetworkResult(to_long(scores, role, condition, seed, dataset=dataset),
+                         per_image.assign(dataset=dataset, model=role, condition=condition, seed=seed), probs)
+
+
+def proofread_on_external(teachers: dict[str, nn.Module], input_size: int, items: list[dict],
+                          student_probs: dict[str, list[np.ndarray]], dataset: str, seed: int, evaluate_cfg: dict,
+                          device: torch.device, pos_weight: float, example: tuple[str, str]
+                          ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Each teacher (by stage) as a proofreader of each student on an external labelled set
+    (emkt.proofread.evaluate_proofreading: the long rows and the review curves), and the
+    arrays of the review figure: the evaluate.panel_images images that the teacher
+    ``example[0]`` ranks worst for the student ``example[1]``."""
+    ev = evaluate_cfg
+    settings = {"overlap": ev["overlap"], "batch_size": ev["batch_size"], "device": device}
+    long, curves = evaluate_proofreading(teachers, input_size, items, student_probs, dataset=dataset, seed=seed,
+                                         pos_weight=pos_weight, threshold=ev["threshold"],
+                                         min_size=ev["min_object_size"], **settings)
+    stage, student = example
+    examples = review_examples(teachers[stage], input_size, items, student_probs[student], ev["panel_images"],
+                               threshold=ev["threshold"], **settings)
+    return long, curves, examples
 
 
 def evaluate_teacher(teacher: nn.Module, checkpoint: dict, stage: str, seed: int, items: list[dict],

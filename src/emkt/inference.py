@@ -27,9 +27,11 @@ from .store import MEAN_SCALE, StoreError, _npy_layout, quantise_probability
 @torch.no_grad()
 def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, input_size: int,
                    overlap: float, batch_size: int, device: torch.device) -> torch.Tensor:
-    """``predictor`` over (N, H, W) normalised images in Gaussian-blended windows of the
+    """``predictor`` over (N, H, W) normalised images (or (N, C, H, W) inputs of several
+    channels, e.g. a teacher's image and probability) in Gaussian-blended windows of the
     training input size; returns (N, C, H, W) on the CPU."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x = (x[:, None] if x.ndim == 3 else x).to(device)
     out = sliding_window_inference(x, roi_size=(input_size, input_size), sw_batch_size=batch_size,
                                    predictor=predictor, overlap=overlap, mode="gaussian")
     return out.cpu()

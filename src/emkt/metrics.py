@@ -25,7 +25,7 @@ from monai.metrics import calibration_binning, get_confusion_matrix
 from .scores import _ratio, segmentation_scores, teacher_agreement
 
 __all__ = ["InstanceMeter", "PixelAurocMeter", "ScoreHistogram", "SegmentationMeter", "instance_scores",
-           "instances_from_probability", "segmentation_scores", "teacher_agreement"]
+           "instances_from_probability", "object_matches", "segmentation_scores", "teacher_agreement"]
 
 # A predicted object matches a true one at IoU >= 0.5 (object F1 "at 0.5", as in panoptic quality).
 MATCH_IOU = 0.5
@@ -346,17 +346,13 @@ def instances_from_probability(prob: np.ndarray, threshold: float = 0.5, min_siz
     return labels.astype(np.int32)
 
 
-def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
-                    iou_threshold: float = MATCH_IOU) -> dict[str, float]:
-    """Object-level agreement of two instance label images (0 = background).
-
-    Objects are matched one-to-one by the Hungarian method on their IoU; a pair counts as a
-    true positive when its IoU is at least ``iou_threshold`` (above 0.5 such pairs are unique,
-    so the matching is the standard panoptic one). Pixels where ``valid`` is 0 are left out
-    of every object. Returns the counts ``tp``, ``fp``, ``fn``, the summed IoU of the true
-    positives ``iou_sum``, ``object_f1`` = 2TP / (2TP + FP + FN) and ``pq`` (panoptic
-    quality) = iou_sum / (TP + FP/2 + FN/2); both are 1 for two empty images.
-    """
+def object_matches(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
+                   iou_threshold: float = MATCH_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The one-to-one matching of two instance label images (0 = background) behind
+    ``instance_scores``: objects are paired by the Hungarian method on their IoU, and a pair
+    matches when its IoU is at least ``iou_threshold``. Pixels where ``valid`` is 0 are left
+    out of every object. Returns the predicted labels (sorted, without 0), whether each
+    matched, the IoU of each with its partner (0 without one) and the number of true objects."""
     from scipy.optimize import linear_sum_assignment
 
     pred, gt = np.asarray(pred), np.asarray(gt)
@@ -376,10 +372,26 @@ def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None =
     union = pred_area[:, None] + gt_area[None, :] - overlap
     iou = np.divide(overlap, union, out=np.zeros(overlap.shape), where=union > 0)
     rows, cols = linear_sum_assignment(iou, maximize=True) if iou.size else (np.array([], int), np.array([], int))
-    matched = iou[rows, cols] >= iou_threshold
+    partner_iou = np.zeros(int(pred_objects.sum()))
+    partner_iou[rows] = iou[rows, cols]
+    return pred_ids[pred_objects], partner_iou >= iou_threshold, partner_iou, int(gt_objects.sum())
+
+
+def instance_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
+                    iou_threshold: float = MATCH_IOU) -> dict[str, float]:
+    """Object-level agreement of two instance label images (0 = background).
+
+    Objects are matched one-to-one by the Hungarian method on their IoU (``object_matches``);
+    a pair counts as a true positive when its IoU is at least ``iou_threshold`` (above 0.5
+    such pairs are unique, so the matching is the standard panoptic one). Pixels where
+    ``valid`` is 0 are left out of every object. Returns the counts ``tp``, ``fp``, ``fn``,
+    the summed IoU of the true positives ``iou_sum``, ``object_f1`` = 2TP / (2TP + FP + FN)
+    and ``pq`` (panoptic quality) = iou_sum / (TP + FP/2 + FN/2); both are 1 for two empty images.
+    """
+    _, matched, partner_iou, true_objects = object_matches(pred, gt, valid, iou_threshold)
     tp = int(matched.sum())
-    fp, fn = int(pred_objects.sum()) - tp, int(gt_objects.sum()) - tp
-    iou_sum = float(iou[rows, cols][matched].sum())
+    fp, fn = int(matched.size) - tp, true_objects - tp
+    iou_sum = float(partner_iou[matched].sum())
     return {"tp": tp, "fp": fp, "fn": fn, "iou_sum": iou_sum, **instance_summary(tp, fp, fn, iou_sum)}
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "plot_dataset_bars",
     "plot_metric_bars",
     "plot_prediction_panel",
+    "plot_review_curves",
+    "plot_review_examples",
     "plot_speed_accuracy",
     "plot_teacher_scatter",
     "plot_training_curves",
@@ -463,4 +465,94 @@ def plot_prediction_panel(
         _no_data(axes[0, 0], "no images")
     fig.suptitle(f"prediction at threshold {threshold:.2f}: white TP, magenta FP, green FN", fontsize=9)
     fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_review_examples(examples: list[dict], out: Path) -> None:
+    """The images a teacher ranks worst, one row each: the image, the student's mask over it
+    (magenta), the teacher's predicted error over it (red, on the 1 - exp(-BCE) scale; a
+    scalar teacher has no map), and where labels exist the truly wrong pixels (yellow).
+
+    Each example has ``name``, ``image`` (2D), ``mask`` (bool), ``error`` (2D in [0, 1] or
+    None), ``predicted_loss`` and optionally ``wrong`` (bool, the labelled wrong pixels).
+    """
+    labelled = any(example.get("wrong") is not None for example in examples)
+    shown = None
+    columns = ["image", "predicted mask", "predicted error"] + (["truly wrong pixels"] if labelled else [])
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.8 * len(columns) + 0.8, 2.8 * rows + 0.5), squeeze=False,
+                             layout="constrained")
+    for i, example in enumerate(examples):
+        image = np.asarray(example["image"], dtype=np.float32)
+        panels = axes[i]
+        for ax in panels:
+            ax.imshow(image, cmap="gray")
+        name = str(example["name"])
+        name = name if len(name) <= 30 else "…" + name[-29:]
+        panels[0].set_ylabel(f"#{i + 1} {name}\npredicted loss {example['predicted_loss']:.3f}", fontsize=8)
+        panels[1].imshow(np.ma.masked_where(~np.asarray(example["mask"], bool), np.ones(image.shape)), cmap="cool",
+                         alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
+        if example.get("error") is not None:
+            shown = panels[2].imshow(np.asarray(example["error"], dtype=np.float32), cmap="Reds", alpha=0.6,
+                                     vmin=0, vmax=1, interpolation="nearest")
+        else:
+            _no_data(panels[2], "scalar teacher:\nno error map")
+        if labelled:
+            wrong = example.get("wrong")
+            if wrong is None:
+                _no_data(panels[3], "no labels")
+            else:
+                panels[3].imshow(np.ma.masked_where(~np.asarray(wrong, bool), np.ones(image.shape)), cmap="autumn",
+                                 alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
+    for j, title in enumerate(columns):
+        axes[0, j].set_title(title, fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not examples:
+        _no_data(axes[0, 0], "no images")
+    fig.suptitle("images the teacher ranks most likely wrong, worst first", fontsize=10)
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes[:, -1]), shrink=0.8, label="predicted error, 1 − exp(−BCE)")
+    _save(fig, out)
+
+
+def plot_review_curves(curves: pd.DataFrame, out: Path) -> None:
+    """Review curves (emkt.review): one panel per data set, level (images or objects) and
+    student; a line per proofreader, the mean over seeds, with its area (AURC, the mean over
+    seeds) in the legend. Random order is the grey diagonal, the oracle a dotted line.
+
+    ``curves`` has the columns of emkt.review.CURVE_COLUMNS.
+    """
+    from emkt.review import LEVELS, ORACLE, RANDOM
+
+    keys = ["dataset", "level", "student"]
+    panels = list(curves[keys].drop_duplicates().itertuples(index=False, name=None)) if not curves.empty else []
+    proofreaders = [p for p in pd.unique(curves["proofreader"]) if p not in (RANDOM, ORACLE)] if panels else []
+    colours = _colours(proofreaders)
+    fig, flat = _panel_grid(max(len(panels), 1), 3, (4.2, 3.8))
+    for ax, (dataset, level, student) in zip(flat, panels):
+        sub = curves[(curves["dataset"] == dataset) & (curves["level"] == level) & (curves["student"] == student)]
+        for proofreader, group in sub.groupby("proofreader", sort=False):
+            mean = group.groupby("reviewed", sort=True)["found"].mean()
+            x, y = mean.index.to_numpy(dtype=float), mean.to_numpy(dtype=float)
+            if not np.isfinite(y).any():
+                continue
+            area = np.trapezoid(y, x) if hasattr(np, "trapezoid") else np.trapz(y, x)
+            style = {RANDOM: {"color": "grey", "linestyle": "--"}, ORACLE: {"color": "black", "linestyle": ":"}}.get(
+                proofreader, {"color": colours.get(proofreader)})
+            ax.plot(x, y, label=f"{proofreader} ({area:.2f})", linewidth=1.5, **style)
+        ax.set_title(f"{dataset}: {student}", fontsize=9)
+        x_label, y_label = LEVELS.get(level, (level, "found"))
+        ax.set_xlabel(f"{x_label} (fraction, worst first)", fontsize=8)
+        ax.set_ylabel(f"{y_label} (fraction)", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="lower right", title="proofreader (AURC)", title_fontsize=7)
+        else:
+            _no_data(ax, "no errors to find")
+    if not panels:
+        _no_data(flat[0], "no external labelled set with teachers")
     _save(fig, out)

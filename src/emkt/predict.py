@@ -33,6 +33,7 @@ from .data import (MRC_SUFFIXES, PREDICTION_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX
 from .files import atomic_path
 from .inference import predict_tiles
 from .metrics import instances_from_probability
+from .proofread import PROOFREAD_FOLDERS, Proofreader, review_resumed
 from .store import quantise_probability
 from .volumes import is_volume, volume_output_names
 
@@ -133,6 +134,12 @@ def encode_probability(prob: np.ndarray, probability: str) -> np.ndarray:
     return np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
 
 
+def decode_probability(written: np.ndarray) -> np.ndarray:
+    """A written probability map as float32 p: a uint8 map (``encode_probability``) read as p = v/255."""
+    written = np.asarray(written)
+    return written.astype(np.float32) / 255.0 if written.dtype == np.uint8 else written.astype(np.float32)
+
+
 def output_paths(output_dir: str | Path, name: str | Path) -> dict[str, Path]:
     """Where the probability, mask and instances of an image named ``name`` (relative, .tiff) go."""
     return {folder: Path(output_dir) / folder / name for folder in OUTPUT_FOLDERS}
@@ -159,7 +166,8 @@ def batches_by_shape(items: Iterable[T], shape: Callable[[T], tuple[int, ...]], 
 def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, output_dir: str | Path, *,
                    threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
                    device: torch.device | str = "cpu", probability: str = "float32", recursive: bool = False,
-                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB, link_3d: bool = False) -> PredictionSummary:
+                   resume: bool = False, memory_mb: float = DEFAULT_MEMORY_MB, link_3d: bool = False,
+                   teacher: nn.Module | None = None, review_figure: int = 0) -> PredictionSummary:
     """Segment every image of ``input_dir`` with ``model`` (from ``checkpoint``, as load_model returns).
 
     Writes, per image (its path relative to ``input_dir``, suffix .tiff: ``output_names``), the probability
@@ -179,6 +187,14 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     into ``output_dir``/volumes/<name>.ome.zarr, with a per-section table <name>.sections.csv
     beside it (emkt.predict_volumes.predict_volume; ``link_3d`` adds objects linked across
     sections); they get one row each, and the table the columns sections and objects_3d.
+    With a ``teacher`` (a loss-predicting teacher of the student's input size and
+    normalisation: emkt.proofread.check_teacher) each image also gets its predicted loss
+    (predictions.csv ``predicted_loss``), an error-map teacher's map goes to ``output_dir``/error/,
+    and ``review_queue.csv`` lists images (and objects) from most to least likely wrong;
+    ``review_figure`` > 0 draws that many of the worst images into review/worst_images.png
+    (emkt.proofread.Proofreader). A volume is reviewed section by section (its row's
+    ``predicted_loss`` is the mean over sections; emkt.predict_volumes). Images and volume
+    sections predicted in bands get no teacher review (a warning says so).
     """
     from .predict_volumes import predict_volume  # it builds on this module's helpers
 
@@ -186,6 +202,11 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
     check_normalisation(checkpoint)  # inputs are z-scored per image, as in training
+    if review_figure and teacher is None:
+        raise ValueError("a review figure needs a teacher (--teacher) to rank the images")
+    reviewer = None if teacher is None else Proofreader(
+        teacher, checkpoint["input_size"], overlap=overlap, batch_size=batch_size, device=device, threshold=threshold,
+        min_size=min_size, probability=probability)
     input_dir, output_dir, device = Path(input_dir), Path(output_dir), torch.device(device)
     jobs, rows, root = _plan_jobs(input_dir, output_dir, recursive)
     model = model.to(device).eval()
@@ -200,6 +221,10 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
         budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
         volumes = [job for job in jobs if job.volume]
         todo = [job for job in jobs if not job.volume and not (resume and _resumed(job, output_dir, record, budget_pixels))]
+        if reviewer is not None:  # the teacher judges resumed images again, from their written probabilities
+            for job in (job for job in jobs if rows.get(job.source, {}).get("status") == "resumed"):
+                rows[job.source].update(review_resumed(reviewer, job.source, job.name, rows[job.source]["file"],
+                                                       output_dir, budget_pixels))
         sizes = {job.source: _header_size(job.source) for job in todo}  # None: the reader says why
         large = {path: size for path, size in sizes.items() if size and size[0] * size[1] > budget_pixels}
         readable = _read_jobs([job for job in todo if job.source not in large], record)
@@ -208,7 +233,12 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             probs = predict_tiles(model, np.stack([job.image for job in batch]), checkpoint["input_size"],
                                   overlap, batch_size, device, exact_zscore)
             for job, prob in zip(batch, probs):
-                record(job, _write_outputs(output_dir, job.name, prob, threshold, min_size, probability))
+                row = _write_outputs(output_dir, job.name, prob, threshold, min_size, probability)
+                if reviewer is not None:
+                    row.update(reviewer.review(output_dir, job.name, exact_zscore(job.image), prob,
+                                               file=printable(job.source.relative_to(root).as_posix()),
+                                               source=job.source))
+                record(job, row)
                 pixels.append(prob.size)
         for job in (job for job in todo if job.source in large):
             height, width = large[job.source]
@@ -223,6 +253,9 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             except DataFileError as error:
                 _skip(job, record, _reason(error, job.source))
                 continue
+            if reviewer is not None:
+                log.warning("%s: predicted in bands, so not reviewed by the teacher", printable(job.source))
+                row["predicted_loss"] = float("nan")
             record(job, row)
             pixels.append(height * width)
         sections = 0
@@ -230,7 +263,9 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
             try:
                 row = predict_volume(model, checkpoint, job.source, output_dir / job.name, threshold=threshold,
                                      min_size=min_size, overlap=overlap, batch_size=batch_size, device=device,
-                                     probability=probability, memory_mb=memory_mb, resume=resume, link_3d=link_3d)
+                                     probability=probability, memory_mb=memory_mb, resume=resume, link_3d=link_3d,
+                                     reviewer=reviewer, names=(printable(job.source.relative_to(root).as_posix()),
+                                                               printable(job.name.as_posix())))
             except DataFileError as error:
                 _skip(job, record, _reason(error, job.source))
                 continue
@@ -241,6 +276,10 @@ def predict_folder(model: nn.Module, checkpoint: dict, input_dir: str | Path, ou
                 sections += predicted // (row["height"] * row["width"])
     summary = _summary(pixels, rows, time.perf_counter() - start, device, sections)
     _write_table(rows, output_dir / "predictions.csv", volumes=bool(volumes))
+    if reviewer is not None:
+        reviewer.write_queue(output_dir / "review_queue.csv")
+        if review_figure:
+            reviewer.write_figure(output_dir, review_figure, output_dir / "review" / "worst_images.png")
     if summary.images + summary.resumed == 0:
         first = next(iter(rows.values()))
         raise DataFileError(f"{input_dir}: none of its {len(rows)} image files could be read "
@@ -276,7 +315,7 @@ def _plan_jobs(input_dir: Path, output_dir: Path, recursive: bool) -> tuple[list
         return *_plan_jobs_of(input_dir.parent, [input_dir]), input_dir.parent
     if not input_dir.is_dir():
         raise DataFileError(f"{input_dir}: input folder not found")
-    outputs = [(output_dir / folder).resolve() for folder in (*OUTPUT_FOLDERS, VOLUME_FOLDER)]
+    outputs = [(output_dir / folder).resolve() for folder in (*OUTPUT_FOLDERS, *PROOFREAD_FOLDERS, VOLUME_FOLDER)]
     found = [p for p in find_images(input_dir, recursive) + find_volumes(input_dir, recursive)
              if not any(p.resolve().is_relative_to(folder) for folder in outputs)
              and not any(is_zarr_path(parent) for parent in p.relative_to(input_dir).parents)]  # a Zarr's own files
@@ -439,6 +478,7 @@ def _write_table(rows: dict[Path, dict], path: Path, volumes: bool = False) -> N
     if volumes:
         columns[4:4] = ["sections"]
         columns[-1:-1] = ["objects_3d"]
+    columns += ["predicted_loss"] if any("predicted_loss" in row for row in rows.values()) else []
     table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=columns)
     # empty when skipped (and objects_3d for 2D images)
     table = table.astype({key: "Int64" for key in ("height", "width", "sections", "objects", "objects_3d")

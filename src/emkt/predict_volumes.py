@@ -10,12 +10,19 @@ rows (emkt.bands) and its instances labelled band by band. Each finished batch i
 in ``<name>.sections.csv`` beside the output, after its arrays are written, so that a resumed
 run skips it. Linking objects across sections (``link_3d``) is a last pass over the written
 instances (emkt.volumes.link_sections), bounded like the rest.
+
+With a teacher (emkt.proofread.Proofreader) every section is reviewed as a 2D image is: its
+predicted loss goes into the sections table, an error-map teacher's map into the output's
+``error`` image, and the review queue gets the section's rows. As for 2D images, sections
+predicted in bands are not reviewed, and a resumed run judges its finished sections again
+from their written probabilities.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +35,15 @@ from .bands import IN_MEMORY_BYTES, LABEL_BYTES, LazyImage, label_in_bands, rows
 from .data import DataFileError, printable
 from .files import atomic_path
 from .inference import predict_tiles
-from .predict import MAX_BATCH_PIXELS, band_probabilities, encode_probability, exact_zscore, postprocess
+from .predict import (MAX_BATCH_PIXELS, band_probabilities, decode_probability, encode_probability, exact_zscore,
+                      postprocess)
+from .proofread import Proofreader, encode_error
 from .volumes import OUTPUT_SUFFIX, Volume, VolumeOutput, link_sections, open_volume
 
 log = logging.getLogger("emkt")
 
 SECTION_COLUMNS = ["section", "foreground_fraction", "objects"]
+LOSS = "predicted_loss"  # the teacher's, a column of the sections table when a teacher reviews
 
 
 def sections_table_path(output: Path) -> Path:
@@ -44,13 +54,19 @@ def sections_table_path(output: Path) -> Path:
 def predict_volume(model: nn.Module, checkpoint: dict, source: str | Path, output: str | Path, *,
                    threshold: float = 0.5, min_size: int = 32, overlap: float = 0.25, batch_size: int = 16,
                    device: torch.device | str = "cpu", probability: str = "float32", memory_mb: float = 4096,
-                   resume: bool = False, link_3d: bool = False) -> dict:
+                   resume: bool = False, link_3d: bool = False, reviewer: Proofreader | None = None,
+                   names: tuple[str, str] | None = None) -> dict:
     """Segment the volume at ``source`` into the OME-Zarr image ``output`` (…/<name>.ome.zarr)
     and its per-section table ``<name>.sections.csv``; returns the volume's row of
     predictions.csv (height, width, sections, foreground_fraction, objects: summed over
     sections, objects_3d when linked, status). ``resume`` keeps the sections an earlier run
     with the same settings finished. Settings as ``emkt.predict.predict_folder``.
-    Unreadable volumes and a resumed output of other settings raise DataFileError."""
+    Unreadable volumes and a resumed output of other settings raise DataFileError.
+
+    With a ``reviewer`` the teacher judges every section (``_SectionJudge``; ``names``: the
+    volume's file and output as the review queue names them), the sections table gets each
+    section's ``predicted_loss`` and the row their mean; an error-map teacher's maps go to
+    the output's ``error`` image. Sections over the memory budget are not judged (NaN)."""
     source, output, device = Path(source), Path(output), torch.device(device)
     input_size = checkpoint["input_size"]
     with open_volume(source) as volume:
@@ -62,12 +78,17 @@ def predict_volume(model: nn.Module, checkpoint: dict, source: str | Path, outpu
         out, finished = _open_output(output, settings, resume, link_3d)
         todo = [z for z in range(depth) if z not in finished]
         budget_pixels = int(memory_mb * 2**20 // IN_MEMORY_BYTES)
+        judge = _SectionJudge.start(reviewer, out, volume, names or (printable(source), printable(output.name)),
+                                    height * width <= budget_pixels)
+        if finished:  # the table again: re-judged sections, no stale losses
+            finished = judge.resumed(finished) if judge is not None else _without_loss(finished, reviewer is not None)
+            _write_sections(finished, sections_table_path(output), reviewer is not None)
         start, done_pixels = time.perf_counter(), 0
         with tqdm(total=depth, initial=depth - len(todo), desc=printable(output.name), unit="section") as progress:
             def record(rows: list[dict]) -> None:
                 nonlocal done_pixels
                 finished.update({row["section"]: row for row in rows})
-                _write_sections(finished, sections_table_path(output))
+                _write_sections(finished, sections_table_path(output), reviewer is not None)
                 done_pixels += len(rows) * height * width
                 progress.update(len(rows))
                 progress.set_postfix_str(f"{done_pixels / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} Mpx/s")
@@ -76,20 +97,80 @@ def predict_volume(model: nn.Module, checkpoint: dict, source: str | Path, outpu
                 per_call = max(1, min(batch_size, min(MAX_BATCH_PIXELS, budget_pixels) // (height * width)))
                 for first in range(0, len(todo), per_call):
                     batch = todo[first:first + per_call]
-                    probs = predict_tiles(model, np.stack([volume.section(z) for z in batch]), input_size, overlap,
-                                          batch_size, device, exact_zscore)
-                    record([_write_section(out, z, prob, threshold, min_size, probability)
-                            for z, prob in zip(batch, probs)])
+                    sections = [volume.section(z) for z in batch]
+                    probs = predict_tiles(model, np.stack(sections), input_size, overlap, batch_size, device,
+                                          exact_zscore)
+                    rows = [_write_section(out, z, prob, threshold, min_size, probability)
+                            for z, prob in zip(batch, probs)]
+                    if judge is not None:  # the section z-scored as the student saw it
+                        for row, section, prob in zip(rows, sections, probs):
+                            row[LOSS] = judge(row["section"], exact_zscore(section), prob)
+                    record(rows)
             else:
                 for z in todo:
-                    record([_predict_section_in_bands(model, volume, out, z, input_size, overlap, batch_size, device,
-                                                      memory_mb, threshold, min_size, probability)])
+                    row = _predict_section_in_bands(model, volume, out, z, input_size, overlap, batch_size, device,
+                                                    memory_mb, threshold, min_size, probability)
+                    record([{**row, LOSS: float("nan")} if reviewer is not None else row])
         objects_3d = _link(out, finished, memory_mb) if link_3d else None
     sections = pd.DataFrame([finished[z] for z in range(depth)])
-    return {"height": height, "width": width, "sections": depth,
-            "foreground_fraction": float(sections["foreground_fraction"].mean()),
-            "objects": int(sections["objects"].sum()), "objects_3d": objects_3d,
-            "status": "ok" if todo else "resumed", "pixels": len(todo) * height * width}
+    row = {"height": height, "width": width, "sections": depth,
+           "foreground_fraction": float(sections["foreground_fraction"].mean()),
+           "objects": int(sections["objects"].sum()), "objects_3d": objects_3d,
+           "status": "ok" if todo else "resumed", "pixels": len(todo) * height * width}
+    if reviewer is not None:  # sections are equal in size: the mean of the whole volume's map
+        row[LOSS] = float(sections[LOSS].mean(skipna=False))
+    return row
+
+
+@dataclass
+class _SectionJudge:
+    """The teacher's judgement of a volume's sections (emkt.proofread.Proofreader.review_section):
+    a call judges one section (z-scored as the student saw it, and its probability), writes an
+    error-map teacher's map into the output's error image and returns the predicted loss."""
+
+    reviewer: Proofreader
+    out: VolumeOutput
+    volume: Volume
+    names: tuple[str, str]
+
+    @classmethod
+    def start(cls, reviewer: Proofreader | None, out: VolumeOutput, volume: Volume, names: tuple[str, str],
+              within_budget: bool) -> _SectionJudge | None:
+        """The judge, or None without a teacher or when the sections are over the memory budget
+        (warned); the output keeps an error image only when an error-map teacher judges now."""
+        judge = cls(reviewer, out, volume, names) if reviewer is not None and within_budget else None
+        if reviewer is not None and judge is None:
+            log.warning("%s: sections over the memory budget, so not reviewed by the teacher", printable(volume.path))
+        if judge is not None and reviewer.dense:
+            out.add_error(reviewer.probability)
+        else:
+            out.remove_error()
+        return judge
+
+    def __call__(self, z: int, image: np.ndarray, prob: np.ndarray) -> float:
+        file, output = self.names
+        result = self.reviewer.review_section(image, prob, file=file, output=output, section=z,
+                                              source=self.volume.path)
+        if result.error is not None:
+            self.out.error[z] = encode_error(result.error, self.reviewer.probability)
+        return result.loss
+
+    def resumed(self, finished: dict[int, dict]) -> dict[int, dict]:
+        """The finished sections of an earlier run judged again from their written probabilities
+        (a uint8 map read as p = v/255), as emkt.proofread.review_resumed judges images."""
+        judged = {}
+        for z in tqdm(sorted(finished), desc=f"review {printable(self.out.path.name)}", unit="section"):
+            prob = decode_probability(self.out.probability[z])
+            judged[z] = {**finished[z], LOSS: self(z, exact_zscore(self.volume.section(z)), prob)}
+        return judged
+
+
+def _without_loss(finished: dict[int, dict], reviewing: bool) -> dict[int, dict]:
+    """Finished sections without an earlier teacher's losses: NaN when a teacher is given but
+    cannot judge them (over the memory budget), no column without a teacher."""
+    if reviewing:
+        return {z: {**row, LOSS: float("nan")} for z, row in finished.items()}
+    return {z: {k: v for k, v in row.items() if k != LOSS} for z, row in finished.items()}
 
 
 def _open_output(output: Path, settings: dict, resume: bool, link_3d: bool) -> tuple[VolumeOutput, dict[int, dict]]:
@@ -153,8 +234,9 @@ def _link(out: VolumeOutput, finished: dict[int, dict], memory_mb: float) -> int
     return objects
 
 
-def _write_sections(finished: dict[int, dict], path: Path) -> None:
-    """The per-section table, in section order, written atomically."""
-    table = pd.DataFrame([finished[z] for z in sorted(finished)], columns=SECTION_COLUMNS)
+def _write_sections(finished: dict[int, dict], path: Path, reviewed: bool = False) -> None:
+    """The per-section table, in section order, written atomically; ``reviewed``: with the
+    teacher's predicted loss of each section."""
+    table = pd.DataFrame([finished[z] for z in sorted(finished)], columns=SECTION_COLUMNS + [LOSS] * reviewed)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)

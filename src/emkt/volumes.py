@@ -12,7 +12,9 @@ rows (emkt.bands) needs for sections too large for the memory budget.
 probability as the image, and the mask, the instances of each section and optionally the
 instances linked across sections (``link_sections``) as its labels, all chunked per section
 in tiles, with the multiscales and image-label metadata of ome-zarr's writer so that napari
-and other OME-Zarr readers open it.
+and other OME-Zarr readers open it. With a teacher (emkt.proofread) the predicted per-pixel
+error is a second OME-Zarr image nested in it at ``error/``: not a label, since OME-Zarr
+labels are integer segmentations and the error is a float (or uint8-coded) intensity.
 
 No torch here.
 """
@@ -39,6 +41,7 @@ OUTPUT_SUFFIX = ".ome.zarr"
 CHUNK = 1024
 AXES = [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 LABEL_NAMES = ("mask", "instances", "instances_3d")
+ERROR_GROUP = "error"  # <name>.ome.zarr/error: the teacher's predicted error, an image of its own
 
 
 @dataclass
@@ -274,7 +277,8 @@ def volume_output_names(relative_paths: Sequence[Path]) -> list[Path]:
 class VolumeOutput:
     """The OME-Zarr image of a predicted volume: the probability at ``/0`` and the labels
     ``mask`` (uint8 0/255), ``instances`` (uint32, 1..n per section) and, when linked,
-    ``instances_3d`` (uint32, 1..n over the volume), each at ``labels/<name>/0``."""
+    ``instances_3d`` (uint32, 1..n over the volume), each at ``labels/<name>/0``; when a
+    teacher reviewed it, the predicted error at ``error/0`` (an OME-Zarr image of its own)."""
 
     path: Path
     group: zarr.Group
@@ -312,6 +316,11 @@ class VolumeOutput:
     def open(cls, path: Path) -> VolumeOutput:
         return cls(path, zarr.open_group(str(path), mode="r+"))
 
+    @classmethod
+    def read(cls, path: Path) -> VolumeOutput:
+        """A written output, read-only."""
+        return cls(path, zarr.open_group(str(path), mode="r"))
+
     def add_instances_3d(self) -> zarr.Array:
         """The ``instances_3d`` label array, created if an earlier run did not link."""
         labels = self.group["labels"]
@@ -321,6 +330,25 @@ class VolumeOutput:
             write_multiscales_metadata(label, [_dataset()], axes=AXES, name="instances_3d")
             write_label_metadata(labels, "instances_3d", source={"image": "../../"})
         return self.label("instances_3d")
+
+    @property
+    def error(self) -> zarr.Array | None:
+        """The predicted error map (``error/0``), or None when no teacher reviewed the volume."""
+        return self.group[f"{ERROR_GROUP}/0"] if ERROR_GROUP in self.group else None
+
+    def add_error(self, dtype: str) -> zarr.Array:
+        """The predicted error image (``dtype``: float32 or uint8, emkt.proofread.encode_error),
+        created if missing: a multiscales image named predicted_error, chunked as the probability."""
+        if self.error is None:
+            error = self.group.create_group(ERROR_GROUP)
+            _level(error, self.probability.shape, dtype)
+            write_multiscales_metadata(error, [_dataset()], axes=AXES, name="predicted_error")
+        return self.error
+
+    def remove_error(self) -> None:
+        """Remove an earlier run's error image (its sections would not match this run's)."""
+        if ERROR_GROUP in self.group:
+            del self.group[ERROR_GROUP]
 
 
 def _level(group: zarr.Group, shape: tuple[int, int, int], dtype) -> zarr.Array:

@@ -45,6 +45,18 @@ PREDICT = {entry["name"]: entry for entry in config["predict"]}
 EXPORT = config["export"]
 if EXTERNAL:
     FIGURES.append("results/figures/datasets.png")
+# The teachers as proofreaders of the students on every external set (emkt.proofread): with
+# teachers and external sets only. The review figure shows the worst images by a joint
+# error-map teacher where one is trained (it has a map to show), else the joint Critic, for
+# the last expansion row (what the condition delivers).
+PROOFREADING = bool(EXTERNAL and TEACHER_STAGES)
+REVIEW_EXAMPLE = (
+    [next((s for s in TEACHER_STAGES if s.startswith("joint") and STAGE_KINDS[s] == "error_map"), "joint"),
+     STUDENT_CONDITIONS[-1]]
+    if PROOFREADING else None
+)
+if PROOFREADING:
+    FIGURES += ["results/figures/review_curves.png", "results/figures/review_examples.png"]
 # Scheduling priorities (Snakemake runs the ready job of highest priority first): the light
 # store jobs that unblock training first, then the longest chain of a seed (teacher
 # pretraining, joint training, expansion), then what several conditions start from (the
@@ -229,6 +241,20 @@ def external_evaluations():
             for name in EXTERNAL for role, condition in evaluated_networks() for seed in SEEDS]
 
 
+def proofreading_outputs(kind="all"):
+    """An external set's proofreading files of a seed (kind "all", for evaluate_external), or
+    every set's and seed's files of one kind; nothing without teachers or external sets."""
+    if not PROOFREADING:
+        return {} if kind == "all" else []
+    files = {"proofreading": "results/eval/external/{external}/proofreading_{seed}.csv",
+             "review_curves": "results/eval/external/{external}/review_curves_{seed}.csv",
+             "review_examples": "results/eval/external/{external}/review_examples_{seed}.npz"}
+    if kind == "all":
+        return files
+    seeds = SEEDS[:1] if kind == "review_examples" else SEEDS  # the figure shows the first seed
+    return [files[kind].format(external=name, seed=seed) for name in EXTERNAL for seed in seeds]
+
+
 def per_image_tables(evaluations):
     """The per-image tables (pixel counts for the image bootstrap) beside evaluations' long CSVs."""
     return [path.removesuffix(".csv") + "_per_image.csv" for path in evaluations]
@@ -247,6 +273,12 @@ def prediction_outputs():
 
 def prediction_model(wildcards):
     return f"results/models/{network_role(wildcards.condition)}_{wildcards.condition}_{wildcards.seed}.pth"
+
+
+def prediction_teacher(wildcards):
+    """The teacher checkpoint that proofreads a prediction (config 'predict' entry 'teacher'), or none."""
+    stage = PREDICT[wildcards.prediction].get("teacher")
+    return [f"results/models/teacher_{stage}_{wildcards.seed}.pth"] if stage else []
 
 
 def prediction_images(wildcards):

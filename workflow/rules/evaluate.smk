@@ -61,7 +61,8 @@ rule evaluate_teachers:
 
 # External labelled sets (config 'external_test'): indexed like the labelled data (a labelled
 # volume section by section), then every student and reference network of every seed is scored
-# on them with the test split's metrics.
+# on them with the test split's metrics, and every teacher of the seed as a proofreader of its
+# students (emkt.proofread).
 
 
 rule index_external:
@@ -95,12 +96,17 @@ rule evaluate_external:
     input:
         models=evaluated_models,
         index="results/external/{external}/index.csv",
+        teachers=[f"results/models/teacher_{stage}_{{seed}}.pth" for stage in TEACHER_STAGES] if PROOFREADING else [],
     output:
         **evaluation_outputs("results/eval/external/{external}", {"metrics": ".csv", "per_image": "_per_image.csv"}),
+        **proofreading_outputs(),
     params:
         networks=evaluated_networks(),
         evaluate=config["evaluate"],
         ignore_label=config["data"]["ignore_label"],
+        # the true loss is the students' BCE with this weight, as the teachers predict it
+        proofread={"stages": TEACHER_STAGES, "students": STUDENT_CONDITIONS, "example": REVIEW_EXAMPLE,
+                   "pos_weight": config["train"]["pos_weight"]} if PROOFREADING else None,
     log:
         "results/logs/evaluate_external/{external}/{seed}.log",
     benchmark:

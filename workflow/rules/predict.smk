@@ -1,12 +1,13 @@
 # Segmenting new images (config 'predict') with trained networks, as `python -m emkt predict`
 # does: probability, mask and instance TIFFs per image, an OME-Zarr image per volume, and
-# predictions.csv.
+# predictions.csv; with a teacher also its error maps and the review queue.
 
 
 rule predict_images:
     input:
         model=prediction_model,
         images=prediction_images,
+        teacher=prediction_teacher,
     output:
         directory("results/predictions/{prediction}/{condition}_{seed}"),
     params:

@@ -19,6 +19,11 @@ RIVAL_TABLES = (
      "rivals_selection_csv": "results/tables/rivals_selection.csv"}
     if "mean_teacher" in CONDITIONS and POOL_ROWS else {}
 )
+# The teachers as proofreaders on the external sets (emkt.review), with teachers and external sets.
+PROOFREADING_TABLES = (
+    {"proofreading": "results/tables/proofreading.md", "proofreading_csv": "results/tables/proofreading.csv"}
+    if PROOFREADING else {}
+)
 EVALUATIONS = [f"results/eval/student_{c}_{{seed}}.csv" for c in STUDENTS] + [
     f"results/eval/reference_{c}_{{seed}}.csv" for c in REFERENCES
 ]
@@ -35,6 +40,7 @@ rule aggregate:
         teachers=expand("results/eval/teacher_{stage}_{seed}.csv", stage=TEACHER_STAGES, seed=SEEDS),
         per_image=expand(per_image_tables(EVALUATIONS), seed=SEEDS),
         external_per_image=per_image_tables(external_evaluations()),
+        proofreading=proofreading_outputs("proofreading"),
     output:
         long="results/tables/metrics_long.csv",
         # the report (test split, external sets) and the selection (validation split) apart
@@ -46,6 +52,8 @@ rule aggregate:
         selection="results/tables/selection.md",
         **EXPANSION_TABLES,
         **RIVAL_TABLES,
+        **{name: report(path, caption="../report/proofreading.rst", category="Summary") if name == "proofreading"
+           else path for name, path in PROOFREADING_TABLES.items()},
     params:
         expansion_rows=[row for row in STUDENT_CONDITIONS if row not in ("baseline", "joint")],
         expansion_metrics=EXPANSION_METRICS,
@@ -180,3 +188,27 @@ rule plot_predictions:
         ENVS["report"]
     script:
         "../scripts/plot_predictions.py"
+
+
+if PROOFREADING:
+
+    rule plot_review_curves:
+        input:
+            curves=proofreading_outputs("review_curves"),
+            examples=proofreading_outputs("review_examples"),
+        output:
+            curves=report("results/figures/review_curves.png", caption="../report/review_curves.rst",
+                          category="Figures"),
+            examples=report("results/figures/review_examples.png", caption="../report/review_examples.rst",
+                            category="Figures"),
+        log:
+            "results/logs/plot_review_curves.log",
+        benchmark:
+            "results/benchmarks/plot_review_curves.tsv"
+        threads: config["resources"]["light"]["threads"]
+        resources:
+            **job_resources("light"),
+        conda:
+            ENVS["report"]
+        script:
+            "../scripts/plot_review_curves.py"

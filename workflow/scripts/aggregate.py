@@ -1,7 +1,8 @@
 """Collect every evaluation (validation and test split, external sets, teachers) into one long
 table and write the selection table (validation split) and the report table (test split and
-external sets) apart, each summarised over seeds with a bootstrap over the images; and the
-headline table, the test split's few numbers to read first."""
+external sets) apart, each summarised over seeds with a bootstrap over the images; the
+headline table, the test split's few numbers to read first; and the proofreading table (the
+teachers as proofreaders on the external sets)."""
 
 from jobsetup import start_job
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from emkt.bootstrap import read_per_image_tables
 from emkt.files import atomic_path
 from emkt.headline import headline_markdown
+from emkt.review import proofreading_markdown, proofreading_table
 from emkt.tables import REPORT, SELECTION, read_long_tables, summary_table, to_markdown
 
 long = read_long_tables([*snakemake.input.students, *snakemake.input.external, *snakemake.input.teachers])
@@ -45,3 +47,12 @@ for (purpose, csv, markdown), chosen in tables.items():
     if csv == out.csv:  # the report table of every network: its test split is the headline
         with atomic_path(out.headline) as tmp:
             Path(tmp).write_text(headline_markdown(table))
+if hasattr(out, "proofreading"):
+    import pandas as pd
+
+    table = proofreading_table(pd.concat([pd.read_csv(path) for path in snakemake.input.proofreading],
+                                         ignore_index=True))
+    with atomic_path(out.proofreading_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out.proofreading) as tmp:
+        Path(tmp).write_text(proofreading_markdown(table))
