@@ -55,8 +55,10 @@ study-real-em-trained: setup
 		studies/real-em-trained.yaml --directory study/real-em-trained
 	@cat study/real-em-trained/results/tables/headline.md study/real-em-trained/results/tables/rivals.md
 
+# In TEST_WORKERS processes; the readers of the shared background runs (demo, SLURM slice,
+# real-EM fixture run) go to one of them together (tests/conftest.py: SharedRunsScheduling).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The fast tier: unit tests only, no Snakemake runs, no SLURM and not the dozen unit tests that take
 # 3 s or more (marked slow); in TEST_WORKERS processes (pytest-xdist). Target: under a minute on 2 cores.

@@ -451,6 +451,71 @@ def workflow_tests_last(items) -> None:
     items.sort(key=lambda item: (is_workflow_test(item), reads_shared_run(item), waits_for_the_touch_rerun(item)))
 
 
+# In several processes (pytest-xdist, `make test`: -n 2) the readers of the shared runs go to
+# one worker, first of all, as one unit of work (SharedRunsScheduling): its first test starts
+# every shared run, and that worker waits for them while the other workers run everything else.
+# (xdist's own --dist loadgroup does not group under pytest 9.2: pytest-xdist issue #1386.)
+SHARED_READERS_ENV = "EMKT_SHARED_READERS"  # a file: the workers write the readers' node ids there
+
+
+def in_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def shared_readers_first(items) -> None:
+    """The readers of shared runs first (the touch rerun's reader last among them), then the
+    workflow tests, then the slow and the other unit tests, so that the longest tests start
+    early; their node ids go to SHARED_READERS_ENV's file for the scheduler. The first reader
+    also asks for every shared run's starting fixture, so that all of them start with it."""
+    import os
+
+    items.sort(key=lambda item: (not reads_shared_run(item), waits_for_the_touch_rerun(item),
+                                 not is_workflow_test(item), item.get_closest_marker("slow") is None))
+    readers = [item for item in items if reads_shared_run(item)]
+    if os.environ.get(SHARED_READERS_ENV):
+        Path(os.environ[SHARED_READERS_ENV]).write_text("".join(f"{item.nodeid}\n" for item in readers))
+    if readers:
+        read = {name for item in items for name in getattr(item, "fixturenames", ())}
+        starts = dict.fromkeys(start for reader, start in SHARED_RUNS.items() if reader in read)
+        readers[0].fixturenames[:0] = [name for name in starts if name not in readers[0].fixturenames]
+
+
+def pytest_configure(config) -> None:
+    # the controller of an xdist run: a file for the workers' list of shared readers
+    import os
+    import tempfile
+
+    if not in_worker(config) and getattr(config.option, "numprocesses", None):
+        handle, path = tempfile.mkstemp(prefix="emkt-shared-readers-")
+        os.close(handle)
+        os.environ[SHARED_READERS_ENV] = path
+
+
+def pytest_unconfigure(config) -> None:
+    import os
+
+    if not in_worker(config) and os.environ.get(SHARED_READERS_ENV):
+        Path(os.environ.pop(SHARED_READERS_ENV)).unlink(missing_ok=True)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Tests one at a time to whichever worker is free, except the shared runs' readers: one
+    unit of work, to one worker."""
+    import os
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunsScheduling(LoadScopeScheduling):
+        shared: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.shared is None:  # written by the workers as they collected, before scheduling
+                self.shared = set(Path(os.environ[SHARED_READERS_ENV]).read_text().splitlines())
+            return "shared runs" if nodeid in self.shared else nodeid
+
+    return SharedRunsScheduling(config, log) if os.environ.get(SHARED_READERS_ENV) else None
+
+
 _runs_to_start: list[str] = []  # the shared runs some selected test reads: they start as the session starts
 _started_runs: dict = {}  # fixture name -> the run it started, where it can be released early
 _last_slurm_reader: list[str] = []  # the node id of the last test reading the SLURM slice
@@ -473,7 +538,10 @@ def pytest_runtest_teardown(item, nextitem) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def shared_runs_in_the_background(request):
     """The shared runs that selected tests read start with the session; the tests before
-    their readers run beside them."""
+    their readers run beside them. In an xdist worker, the first reader starts them instead
+    (shared_readers_first): only the worker that runs the readers starts the runs."""
+    if in_worker(request.config):
+        return
     for fixture in _runs_to_start:
         request.getfixturevalue(fixture)
 
@@ -493,8 +561,11 @@ _component_tests: dict[str, set[str]] = {}  # component -> node ids of the colle
 _component_outcomes: dict[str, dict[str, dict]] = {name: {} for name in COMPONENTS}  # component -> test -> outcome
 
 
-def pytest_collection_modifyitems(items) -> None:
-    workflow_tests_last(items)
+def pytest_collection_modifyitems(config, items) -> None:
+    if in_worker(config):
+        shared_readers_first(items)
+    else:
+        workflow_tests_last(items)
     for name, needs in COMPONENTS.items():
         _component_tests[name] = {item.nodeid for item in items if needs(item)}
 
@@ -518,6 +589,17 @@ def pytest_sessionfinish(session) -> None:
     import os
 
     record = os.environ.get(COMPONENT_RECORD_ENV)
-    if record:
-        Path(record).write_text(json.dumps({name: [{"test": test, **outcome} for test, outcome in tests.items()]
-                                            for name, tests in _component_outcomes.items()}, indent=1))
+    if not record:
+        return
+    if in_worker(session.config):  # each worker its part; the controller joins them
+        record = f"{record}.{session.config.workerinput['workerid']}"
+    outcomes = {name: [{"test": test, **outcome} for test, outcome in tests.items()]
+                for name, tests in _component_outcomes.items()}
+    if hasattr(session.config, "workerinput") or not session.config.pluginmanager.hasplugin("dsession"):
+        Path(record).write_text(json.dumps(outcomes, indent=1))
+        return
+    for part in sorted(Path(record).parent.glob(f"{Path(record).name}.gw*")):
+        for name, tests in json.loads(part.read_text()).items():
+            outcomes.setdefault(name, []).extend(tests)
+        part.unlink()
+    Path(record).write_text(json.dumps(outcomes, indent=1))
