@@ -471,14 +471,18 @@ def plot_prediction_panel(
 def plot_review_examples(examples: list[dict], out: Path) -> None:
     """The images a teacher ranks worst, one row each: the image, the student's mask over it
     (magenta), the teacher's predicted error over it (red, on the 1 - exp(-BCE) scale; a
-    scalar teacher has no map), and where labels exist the truly wrong pixels (yellow).
+    scalar teacher has no map, so no such column), and where labels exist the truly wrong
+    pixels (yellow).
 
     Each example has ``name``, ``image`` (2D), ``mask`` (bool), ``error`` (2D in [0, 1] or
     None), ``predicted_loss`` and optionally ``wrong`` (bool, the labelled wrong pixels).
     """
     labelled = any(example.get("wrong") is not None for example in examples)
+    dense = any(example.get("error") is not None for example in examples)  # a scalar teacher: no map column
     shown = None
-    columns = ["image", "predicted mask", "predicted error"] + (["truly wrong pixels"] if labelled else [])
+    columns = (["image", "predicted mask"] + (["predicted error"] if dense else [])
+               + (["truly wrong pixels"] if labelled else []))
+    column = {title: j for j, title in enumerate(columns)}
     rows = max(len(examples), 1)
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.8 * len(columns) + 0.8, 2.8 * rows + 0.5), squeeze=False,
                              layout="constrained")
@@ -492,18 +496,20 @@ def plot_review_examples(examples: list[dict], out: Path) -> None:
         panels[0].set_ylabel(f"#{i + 1} {name}\npredicted loss {example['predicted_loss']:.3f}", fontsize=8)
         panels[1].imshow(np.ma.masked_where(~np.asarray(example["mask"], bool), np.ones(image.shape)), cmap="cool",
                          alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
-        if example.get("error") is not None:
-            shown = panels[2].imshow(np.asarray(example["error"], dtype=np.float32), cmap="Reds", alpha=0.6,
-                                     vmin=0, vmax=1, interpolation="nearest")
-        else:
-            _no_data(panels[2], "scalar teacher:\nno error map")
+        if dense and example.get("error") is not None:
+            shown = panels[column["predicted error"]].imshow(np.asarray(example["error"], dtype=np.float32),
+                                                             cmap="Reds", alpha=0.6, vmin=0, vmax=1,
+                                                             interpolation="nearest")
+        elif dense:
+            _no_data(panels[column["predicted error"]], "no error map")
         if labelled:
             wrong = example.get("wrong")
             if wrong is None:
-                _no_data(panels[3], "no labels")
+                _no_data(panels[column["truly wrong pixels"]], "no labels")
             else:
-                panels[3].imshow(np.ma.masked_where(~np.asarray(wrong, bool), np.ones(image.shape)), cmap="autumn",
-                                 alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
+                panels[column["truly wrong pixels"]].imshow(
+                    np.ma.masked_where(~np.asarray(wrong, bool), np.ones(image.shape)), cmap="autumn", alpha=0.6,
+                    vmin=0, vmax=1, interpolation="nearest")
     for j, title in enumerate(columns):
         axes[0, j].set_title(title, fontsize=9)
     for ax in axes.ravel():
