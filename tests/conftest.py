@@ -129,6 +129,18 @@ def one_torch_thread():
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread_in_module():
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures(...)``):
+    on a busy 2-core machine two threads contend (10x slower); the other modules get theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def checked_configs() -> dict[str, dict]:
     """config.yaml and TINY on top of it, each loaded and checked once (the schema check takes

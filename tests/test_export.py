@@ -32,13 +32,8 @@ TINY_VIT = {"type": "vitautoenc", "patch_size": 4, "hidden_size": 16, "mlp_dim":
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one torch thread is fastest on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (conftest.one_thread_in_module)
+pytestmark = pytest.mark.usefixtures("one_thread_in_module")
 
 
 @pytest.fixture

@@ -44,14 +44,8 @@ def fixture_image(source: str, name: str) -> np.ndarray:
     return tifffile.imread(CEM / source / "images" / f"{name}.tiff")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and on a busy 2-core machine two threads
-    contend (10x slower). main() sets the threads too; the other modules get theirs back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (conftest.one_thread_in_module)
+pytestmark = pytest.mark.usefixtures("one_thread_in_module")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,8 @@ ERROR_MAP = {"type": "error_map", "channels": [4, 8], "strides": [2], "num_res_u
 CRITIC = {"type": "critic", "channels": [4, 8], "strides": [2, 2], "num_res_units": 1, "dropout": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (conftest.one_thread_in_module)
+pytestmark = pytest.mark.usefixtures("one_thread_in_module")
 
 
 @pytest.fixture(scope="module")
